@@ -1,0 +1,65 @@
+"""The `Engine` interface: one loaded model behind the worker contract.
+
+Backends (`hf` on transformers, `vllm` on vLLM's async engine) implement this ABC;
+the gRPC server (`workers/server.py`) is the only caller. Engines receive prompts
+already rendered and tokenized by `workers.prompts.PromptRenderer` (so both
+backends see identical token ids, BOS included) and already validated against the
+context length. Engines are asyncio objects: every coroutine runs on the server's
+event loop and must not block it (run model code in a thread or a separate process).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import AsyncIterator, Callable
+
+from workers.types import EngineInfo, GenerateChunk, HiddenStateResult, Pooling, Sampling, ScoreResult
+
+
+class Engine(ABC):
+    """A model backend. Lifecycle: `await start()` once, serve calls, `await shutdown()` once."""
+
+    #: Set by `start()`.
+    info: EngineInfo
+
+    #: Requests the engine runs at once; the server queues the rest (bounded).
+    max_concurrency: int = 1
+
+    @abstractmethod
+    async def start(self, progress: Callable[[str], None] | None = None) -> None:
+        """Load the model; report human-readable progress lines through `progress`."""
+
+    @abstractmethod
+    def generate(self, request_id: str, prompt_ids: list[int], sampling: Sampling) -> AsyncIterator[GenerateChunk]:
+        """Stream the continuation of `prompt_ids`.
+
+        Contract: text deltas concatenate to the full completion; a stop string ends
+        generation and is not part of the text; the last chunk carries `final`.
+        Closing the iterator early (client cancelled, deadline passed) must abort the
+        request in the engine at once and free its slot.
+        """
+
+    @abstractmethod
+    async def score(
+        self,
+        prompt_ids: list[int],
+        continuation_ids: list[int],
+        top_k: int,
+        candidate_ids: list[int],
+    ) -> ScoreResult:
+        """Prefill only. Log-probs of each continuation token given everything before it, and
+        the next-token distribution after prompt+continuation: its top_k and the given candidates."""
+
+    @abstractmethod
+    async def hidden_states(
+        self, prompts: list[list[int]], layers: list[int], pooling: Pooling
+    ) -> list[HiddenStateResult]:
+        """Prefill only. Per prompt, the hidden state of each requested layer (0 = embeddings,
+        num_layers = final layer after the final norm, negative = from the end), pooled at the
+        last prompt token or averaged over all prompt tokens, as float32."""
+
+    def healthy(self) -> bool:
+        """False once the engine can no longer serve (the server then reports NOT_SERVING)."""
+        return True
+
+    async def shutdown(self) -> None:
+        """Release the model. In-flight requests have been drained by the server already."""
