@@ -1,0 +1,52 @@
+"""Strategy registry: name -> class. Adding a strategy = one module + one line in
+`register_builtin_strategies`. The same names are used in config, the CLI's `--strategy`
+choices, the gRPC `strategy` field and the OpenAI `strategy/<name>` model names."""
+from __future__ import annotations
+
+from router.errors import NotFound
+from router.strategies.base import Context, Strategy, StrategyOptions, StrategyResult
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def register_builtin_strategies() -> None:
+    from router.strategies.direct import Direct
+
+    register(Direct)
+    # Pair strategies (tracker issue 3) register here when present.
+    for module, cls_name in [
+        ("router.strategies.specreason", "SpecReason"),
+        ("router.strategies.specthink", "SpeculativeThinking"),
+        ("router.strategies.cothink", "CoThink"),
+        ("router.strategies.hawkeye", "Hawkeye"),
+    ]:
+        try:
+            mod = __import__(module, fromlist=[cls_name])
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                continue
+            raise
+        register(getattr(mod, cls_name))
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    if not STRATEGIES:
+        register_builtin_strategies()
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise NotFound(f"unknown strategy {name!r}; available strategies are {sorted(STRATEGIES)}") from None
+
+
+def strategy_names() -> list[str]:
+    if not STRATEGIES:
+        register_builtin_strategies()
+    return sorted(STRATEGIES)
+
+
+__all__ = ["Context", "Strategy", "StrategyOptions", "StrategyResult", "STRATEGIES", "get_strategy", "strategy_names"]

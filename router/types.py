@@ -1,0 +1,77 @@
+"""Router-side request and result types (plain dataclasses; the ingresses convert wire formats)."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.types import ChatMessage, TokenLogprob
+
+
+@dataclass
+class RouteQuery:
+    """One routed request, as both ingresses (gRPC, OpenAI HTTP) hand it to the router."""
+
+    query: str = ""                                # the question (the last user turn when messages are given)
+    messages: list[ChatMessage] | None = None      # a whole conversation, when given
+    strategy: str | None = None                    # fixed plan: strategy name
+    model: str | None = None                       # fixed plan: model name (for `direct`)
+    options: dict[str, Any] = field(default_factory=dict)  # strategy knobs
+    max_tokens: int = 0                            # 0 = config default
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    dial: float | None = None
+    tenant: str = ""
+    max_cost: float = 0.0
+    max_latency_ms: float = 0.0
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def conversation(self) -> list[ChatMessage]:
+        """The messages to send to a chat model: the conversation, or the query as one user turn."""
+        if self.messages:
+            return list(self.messages)
+        return [ChatMessage(role="user", content=self.query)]
+
+
+@dataclass
+class Completion:
+    """What one Generate call returned."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    generated_tokens: int
+    cached_prompt_tokens: int = 0
+    stop_string: str = ""
+
+
+@dataclass
+class Scored:
+    """What one Score call returned."""
+
+    continuation: list[TokenLogprob]
+    top_next: list[TokenLogprob]
+    candidates: list[TokenLogprob]
+    prompt_tokens: int
+
+
+@dataclass
+class ModelInfo:
+    model: str
+    tokenizer_id: str
+    context_length: int
+    has_chat_template: bool
+    backend: str
+    device: str
+
+
+@dataclass
+class RouteResult:
+    request_id: str
+    text: str
+    final_answer: str
+    finish_reason: str
+    trace: dict[str, Any]
