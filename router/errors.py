@@ -40,12 +40,18 @@ class ModelCallError(RoutingError):
     http_status = 503
 
     def __init__(self, message: str, *, model: str, role: str, step: int | None, code: str = "UNAVAILABLE") -> None:
-        where = f"model {model!r} (role {role}{'' if step is None else f', step {step}'})"
+        where = f"model {model!r}" + (f" (role {role}{'' if step is None or step < 0 else f', step {step}'})" if role else "")
         super().__init__(f"{where}: {message}")
+        self.detail = message
         self.model, self.role, self.step = model, role, step
         self.grpc_code = code
         self.http_status = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "DEADLINE_EXCEEDED": 504,
                             "RESOURCE_EXHAUSTED": 429}.get(code, 503)
+
+
+    def at(self, role: str, step: int | None) -> "ModelCallError":
+        """The same error, naming the strategy role and step it happened in."""
+        return ModelCallError(self.detail, model=self.model, role=role, step=step, code=self.grpc_code)
 
 
 class DeadlineExceeded(RoutingError):

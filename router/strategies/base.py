@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from router.errors import InvalidRoute
+from router.errors import InvalidRoute, ModelCallError
 from router.trace import ModelCallRecord, Trace
 from router.types import Completion, ModelInfo, RouteQuery, Scored
 from workers.types import PromptInput, Sampling
@@ -72,10 +72,13 @@ class Context:
 
     async def generate(self, role: str, prompt: PromptInput, sampling: Sampling, *, step: int = -1,
                        stream: bool = False) -> Completion:
-        completion, record = await self.pool.generate(
-            self.model(role), prompt, sampling, deadline=self.deadline,
-            on_delta=self.emit if (stream and self.emit) else None,
-        )
+        try:
+            completion, record = await self.pool.generate(
+                self.model(role), prompt, sampling, deadline=self.deadline,
+                on_delta=self.emit if (stream and self.emit) else None,
+            )
+        except ModelCallError as e:
+            raise e.at(role, step) from e
         record.role, record.step = role, step
         self.trace.add_call(record)
         return completion
@@ -83,16 +86,22 @@ class Context:
     async def score(self, role: str, prompt: PromptInput, *, continuation_ids: list[int] | None = None,
                     continuation_text: str | None = None, top_k: int = 0, candidate_ids: list[int] | None = None,
                     step: int = -1) -> Scored:
-        scored, record = await self.pool.score(
-            self.model(role), prompt, continuation_ids=continuation_ids, continuation_text=continuation_text,
-            top_k=top_k, candidate_ids=candidate_ids or [], deadline=self.deadline,
-        )
+        try:
+            scored, record = await self.pool.score(
+                self.model(role), prompt, continuation_ids=continuation_ids, continuation_text=continuation_text,
+                top_k=top_k, candidate_ids=candidate_ids or [], deadline=self.deadline,
+            )
+        except ModelCallError as e:
+            raise e.at(role, step) from e
         record.role, record.step = role, step
         self.trace.add_call(record)
         return scored
 
     async def tokenize(self, role: str, prompt: PromptInput) -> list[int]:
-        return await self.pool.tokenize(self.model(role), prompt, deadline=self.deadline)
+        try:
+            return await self.pool.tokenize(self.model(role), prompt, deadline=self.deadline)
+        except ModelCallError as e:
+            raise e.at(role, -1) from e
 
     async def info(self, role: str) -> ModelInfo:
         return await self.pool.info(self.model(role))

@@ -1,0 +1,183 @@
+"""The router's typed configuration, loaded from one YAML file.
+
+Every field has a docstring; `thinkroute config-reference` (and README.md's configuration
+reference, checked by tests/unit/test_config.py) is generated from these classes.
+The embedded default (`router/configs/embedded.yaml`) runs SmolLM2-135M as the drafter and
+Gemma 3 270M as the reasoner on vLLM (CPU), a local Ray, and a local Redis.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from workers.config import EngineConfig
+
+EMBEDDED_CONFIG = Path(__file__).resolve().parent / "configs" / "embedded.yaml"
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ModelPoolConfig(EngineConfig):
+    """One model pool: the engine settings of its workers, and how many replicas to run."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str = ""
+    """Registry name, .gguf file or HF directory; empty = the pool's name."""
+    replicas: int = Field(1, ge=0)
+    """Worker processes `thinkroute serve` starts for this model (0 = use `addresses` only)."""
+    addresses: list[str] = Field(default_factory=list)
+    """Workers already running elsewhere (host:port), added to the pool."""
+
+
+class ScorerConfig(_Base):
+    name: str
+    """Replica scorer: `load` (fewest requests in flight) or `prefix` (longest warm prefix in Redis)."""
+    weight: float = Field(1.0, ge=0)
+    """Weight of this scorer in the pick (scores are in [0, 1])."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Scorer-specific parameters."""
+
+
+class RouterConfig(_Base):
+    default_strategy: str = "direct"
+    """Strategy used when neither the request nor the policy names one."""
+    default_model: str = "smollm2-135m"
+    """Model `direct` uses when the request names none."""
+    roles: dict[str, str] = Field(default_factory=lambda: {"small": "smollm2-135m", "large": "gemma3-270m"})
+    """Model per strategy role: `small` (drafter) and `large` (reasoner) for the pair strategies."""
+    strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-strategy knob defaults, e.g. {specreason: {threshold: 7}}; requests may override them."""
+    max_tokens: int = Field(256, ge=1)
+    """Default max_tokens when the request gives none."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """Deadline of one routed request, all model calls included."""
+    max_attempts: int = Field(3, ge=1)
+    """Tries per model call over distinct replicas (only before any output was sent)."""
+    scorers: list[ScorerConfig] = Field(default_factory=lambda: [ScorerConfig(name="load")])
+    """Replica scorers of the worker pool (filter -> weighted scorers -> pick)."""
+
+
+class DialConfig(_Base):
+    default: float = Field(0.5, ge=0, le=1)
+    """Global default dial: 0 = cheapest acceptable, 1 = best quality regardless of cost."""
+    tenants: dict[str, float] = Field(default_factory=dict)
+    """Per-tenant default dial."""
+
+
+class ServeConfig(_Base):
+    app_name: str = "thinkroute"
+    """Ray Serve application name (gRPC clients send it as `application` metadata)."""
+    grpc_port: int = Field(9000, ge=1, le=65535)
+    """Port of Ray Serve's gRPC proxy (thinkroute.v1.Router)."""
+    http_port: int = Field(8000, ge=1, le=65535)
+    """Port of Ray Serve's HTTP proxy (OpenAI-compatible API)."""
+    host: str = "127.0.0.1"
+    """Address the proxies bind."""
+    router_replicas: int = Field(1, ge=1)
+    """Replicas of the router deployment."""
+    max_ongoing_requests: int = Field(64, ge=1)
+    """Concurrent requests per router replica."""
+    admin_token_env: str = "THINKROUTE_ADMIN_TOKEN"
+    """Environment variable holding the admin token for SetDial (unset = admin calls are refused)."""
+    ray_address: str | None = None
+    """Connect to an existing Ray cluster instead of starting a local one."""
+    num_cpus: int | None = None
+    """CPUs the local Ray may use (None = Ray's default)."""
+
+
+class RedisConfig(_Base):
+    enabled: bool = True
+    """Start/use Redis for the shared prefix cache."""
+    url: str | None = None
+    """Use this Redis (redis://host:port/db) instead of starting one."""
+    port: int = Field(6390, ge=1, le=65535)
+    """Port of the Redis server `thinkroute serve` starts on 127.0.0.1."""
+    maxmemory_mb: int = Field(512, ge=16)
+    """Byte budget of the cache (maxmemory with allkeys-lru)."""
+    password_env: str | None = None
+    """Environment variable holding the Redis password, if any."""
+    tls: bool = False
+    """Connect with TLS (rediss://)."""
+
+
+class Config(_Base):
+    models: dict[str, ModelPoolConfig]
+    """Model pools by name; each runs `replicas` workers (`thinkroute worker`)."""
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    """Planning and the worker pool."""
+    dial: DialConfig = Field(default_factory=DialConfig)
+    """The cost/quality dial."""
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    """Ray and Ray Serve."""
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    """The Redis server of the shared prefix cache."""
+    policy: dict[str, Any] = Field(default_factory=dict)
+    """The planning policy (probes + meta-learned policy); empty = fixed plans only."""
+    run_dir: str = "runs/serve"
+    """Where `thinkroute serve` writes worker logs and Redis data."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        for name, pool in self.models.items():
+            if not pool.model:
+                pool.model = name
+            if pool.replicas == 0 and not pool.addresses:
+                raise ValueError(f"models.{name}: replicas is 0 and no addresses are given: nothing would serve it")
+        names = set(self.models)
+        if self.router.default_model not in names:
+            raise ValueError(f"router.default_model {self.router.default_model!r} is not one of models {sorted(names)}")
+        for role, model in self.router.roles.items():
+            if model not in names:
+                raise ValueError(f"router.roles.{role} = {model!r} is not one of models {sorted(names)}")
+        return self
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a YAML config (default: the embedded one). Errors name the field."""
+    path = Path(path) if path else EMBEDDED_CONFIG
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SystemExit(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise SystemExit(f"config file {path} is not valid YAML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise SystemExit(f"invalid config {path}:\n" + "\n".join(lines)) from None
+
+
+def config_reference() -> str:
+    """Markdown reference of every config field (README.md embeds this)."""
+    out = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            key = f"{prefix}{name}"
+            if sub is not None:
+                out.append(f"| `{key}` | section | {field.description or ''} |")
+                walk(sub, key + ".")
+                continue
+            default = field.get_default(call_default_factory=True) if not field.is_required() else "required"
+            out.append(f"| `{key}` | `{default!r}` | {(field.description or '').replace('|', '/')} |")
+
+    out.append("| key | default | meaning |\n|---|---|---|")
+    walk(Config, "")
+    out.append("\nEach entry of `models.<name>` has these fields:\n\n| key | default | meaning |\n|---|---|---|")
+    walk(ModelPoolConfig, "models.<name>.")
+    return "\n".join(out)

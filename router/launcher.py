@@ -1,0 +1,211 @@
+"""`LocalCluster`: what `thinkroute serve` runs on one machine.
+
+Start order: Redis (when enabled) -> one `thinkroute worker` process per model replica (on
+fixed free ports, logs under run_dir) -> local Ray -> Ray Serve with the gRPC proxy and the
+router application. A supervisor thread restarts a worker that exits (e.g. engine death,
+exit code 3) on the same port. `stop()` reverses it: Serve, Ray, workers (SIGTERM: they drain
+in-flight requests), Redis.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from router.config import Config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def say(msg: str) -> None:
+    print(f"[thinkroute {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class WorkerProcess:
+    model: str
+    index: int
+    port: int
+    config_json: str
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        ready = self.log_path.with_suffix(".ready")
+        ready.unlink(missing_ok=True)
+        log = open(self.log_path, "ab")
+        env = {**os.environ, **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router.cli", "worker", "--model", self.model, "--port", str(self.port),
+             "--config-json", self.config_json, "--ready-file", str(ready),
+             "--replica-id", f"{self.model}-{self.index}"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+
+    def ready(self) -> bool:
+        return self.log_path.with_suffix(".ready").exists()
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s + 5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@dataclass
+class LocalCluster:
+    config: Config
+    run_dir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+    redis: object | None = None
+    _stopping: bool = False
+
+    def addresses(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {name: list(pool.addresses) for name, pool in self.config.models.items()}
+        for w in self.workers:
+            out[w.model].append(w.address)
+        return out
+
+    def start_redis(self) -> str | None:
+        rc = self.config.redis
+        if not rc.enabled:
+            return None
+        if rc.url:
+            return rc.url
+        try:
+            from router.redis_server import RedisServer
+        except ModuleNotFoundError:
+            say("Redis support is not installed in this build; continuing without the shared prefix cache")
+            return None
+        self.redis = RedisServer(port=rc.port, data_dir=self.run_dir / "redis", maxmemory_bytes=rc.maxmemory_mb << 20)
+        try:
+            self.redis.start()
+        except Exception as e:  # noqa: BLE001 - the cache is optional: slower, never failed
+            say(f"could not start redis-server ({e}); continuing without the shared prefix cache")
+            self.redis = None
+            return None
+        say(f"redis on 127.0.0.1:{rc.port} (maxmemory {rc.maxmemory_mb} MiB, allkeys-lru)")
+        return f"redis://127.0.0.1:{rc.port}/0"
+
+    def start_workers(self, redis_url: str | None, timeout_s: float = 900.0) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for name, pool in self.config.models.items():
+            for i in range(pool.replicas):
+                engine = pool.model_dump(exclude={"replicas", "addresses"})
+                if redis_url and engine.get("kv_connector") == "redis":
+                    from workers.kv.config import redis_kv_transfer_config
+
+                    engine["kv_connector"] = redis_kv_transfer_config(redis_url, replica_id=f"{name}-{i}",
+                                                                      model_id=pool.model)
+                elif engine.get("kv_connector") == "redis":
+                    engine["kv_connector"] = None
+                w = WorkerProcess(name, i, free_port(), json.dumps(engine),
+                                  self.run_dir / "logs" / f"worker-{name}-{i}.log")
+                w.start()
+                self.workers.append(w)
+                say(f"starting worker {name}#{i} ({pool.backend}) on {w.address}; log: {w.log_path}")
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.workers)
+        last_note = 0.0
+        while pending:
+            for w in list(pending):
+                if w.ready():
+                    say(f"worker {w.model}#{w.index} ready in {time.monotonic() - w.started_at:.0f} s")
+                    pending.remove(w)
+                elif w.proc.poll() is not None:
+                    tail = w.log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"worker {w.model}#{w.index} exited with code {w.proc.returncode} while "
+                                       f"loading; last log lines:\n{tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers not ready after {timeout_s:.0f} s: {[w.model for w in pending]}")
+            if pending and time.monotonic() - last_note > 15:
+                last_note = time.monotonic()
+                for w in pending:
+                    say(f"  loading {w.model}#{w.index}: {_last_line(w.log_path)}")
+            time.sleep(0.5)
+        threading.Thread(target=self._supervise, daemon=True, name="worker-supervisor").start()
+
+    def _supervise(self) -> None:
+        while not self._stopping:
+            for w in self.workers:
+                if w.proc is not None and w.proc.poll() is not None and not self._stopping:
+                    w.restarts += 1
+                    say(f"worker {w.model}#{w.index} exited with code {w.proc.returncode}; restarting "
+                        f"(restart {w.restarts}) on {w.address}")
+                    w.start()
+            time.sleep(1.0)
+
+    def start_router(self) -> None:
+        import ray
+        from ray import serve
+        from ray.serve.config import HTTPOptions, gRPCOptions
+
+        from router.serve_app import ROUTER_SERVICER, build_app
+
+        sc = self.config.serve
+        say("starting Ray and Ray Serve")
+        if sc.ray_address:
+            ray.init(address=sc.ray_address, logging_level="WARNING")
+        else:
+            ray.init(num_cpus=sc.num_cpus, include_dashboard=False, logging_level="WARNING")
+        serve.start(
+            http_options=HTTPOptions(host=sc.host, port=sc.http_port),
+            grpc_options=gRPCOptions(port=sc.grpc_port, grpc_servicer_functions=[ROUTER_SERVICER]),
+        )
+        serve.run(build_app(self.config, self.addresses()), name=sc.app_name, route_prefix="/")
+        say(f"router ready: gRPC {sc.host}:{sc.grpc_port} (thinkroute.v1.Router), HTTP {sc.host}:{sc.http_port}")
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        redis_url = self.start_redis()
+        self.start_workers(redis_url)
+        self.start_router()
+
+    def stop(self) -> None:
+        self._stopping = True
+        try:
+            import ray
+            from ray import serve
+
+            if ray.is_initialized():
+                say("stopping Ray Serve and Ray")
+                serve.shutdown()
+                ray.shutdown()
+        finally:
+            for w in self.workers:
+                say(f"stopping worker {w.model}#{w.index} (draining)")
+                w.stop()
+            if self.redis is not None:
+                say("stopping redis")
+                self.redis.stop()
+        say("stopped")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        text = path.read_text(errors="replace").replace("\r", "\n").strip().splitlines()
+    except FileNotFoundError:
+        return "starting"
+    return text[-1][-160:] if text else "starting"

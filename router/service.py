@@ -1,0 +1,79 @@
+"""`RouterCore`: one request's whole life, the same for every ingress (gRPC, OpenAI HTTP).
+
+    ingress -> RouterCore.route(query) -> Planner.plan -> Strategy.run(ctx) -> RouteResult(+trace)
+
+It is plain asyncio (no Ray): the Ray Serve deployment in router/serve_app.py holds one.
+"""
+from __future__ import annotations
+
+import time
+from typing import Awaitable, Callable
+
+from router.answers import extract_final_answer
+from router.config import Config
+from router.errors import InvalidRoute
+from router.planner import DialStore, Planner
+from router.pool import WorkerPool
+from router.strategies.base import Context
+from router.trace import Trace
+from router.types import RouteQuery, RouteResult
+
+
+class RouterCore:
+    def __init__(self, config: Config, addresses: dict[str, list[str]], policy=None) -> None:
+        from router.scorers import build_scorer
+
+        self.config = config
+        scorers = [(build_scorer(s.name, s.params), s.weight) for s in config.router.scorers]
+        self.pool = WorkerPool(addresses, scorers=scorers, max_attempts=config.router.max_attempts)
+        self.dials = DialStore(config.dial.default, config.dial.tenants)
+        self.planner = Planner(config, self.dials, policy)
+
+    def validate(self, query: RouteQuery) -> None:
+        """Boundary checks that need no model: raise InvalidRoute naming the field."""
+        if not query.query.strip() and not query.messages:
+            raise InvalidRoute("the request has no question: set `query` or `messages`")
+        if query.messages:
+            for i, m in enumerate(query.messages):
+                if m.role not in ("system", "user", "assistant", "tool"):
+                    raise InvalidRoute(f"messages[{i}].role is {m.role!r}; valid roles are system, user, assistant, tool")
+        if query.max_tokens < 0:
+            raise InvalidRoute(f"max_tokens must be >= 0 (0 = default {self.config.router.max_tokens}); got {query.max_tokens}")
+        if query.temperature < 0:
+            raise InvalidRoute(f"temperature must be >= 0; got {query.temperature}")
+        if not 0 <= query.top_p <= 1:
+            raise InvalidRoute(f"top_p must be in [0, 1]; got {query.top_p}")
+        if query.max_cost < 0 or query.max_latency_ms < 0:
+            raise InvalidRoute("max_cost and max_latency_ms must be >= 0 (0 = no limit)")
+        if query.max_tokens == 0:
+            query.max_tokens = self.config.router.max_tokens
+        if query.top_p == 0:
+            query.top_p = 1.0
+        if not query.query and query.messages:
+            users = [m.content for m in query.messages if m.role == "user"]
+            query.query = users[-1] if users else query.messages[-1].content
+
+    async def route(self, query: RouteQuery, emit: Callable[[str], Awaitable[None]] | None = None) -> RouteResult:
+        """Plan and run `query`; stream answer deltas through `emit` when given. Raises RoutingError."""
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + self.config.router.request_timeout_s
+        if query.max_latency_ms:
+            deadline = min(deadline, time.monotonic() + query.max_latency_ms / 1e3)
+        trace = Trace()
+        self.validate(query)
+        with trace.stage("plan"):
+            plan = await self.planner.plan(query)
+            infos = {role: await self.pool.info(model) for role, model in plan.models.items()}
+            await plan.strategy.check_plan(infos)
+        trace.plan = plan.to_dict()
+        ctx = Context(self.pool, plan.models, trace, deadline, emit)
+        with trace.stage("execute"):
+            result = await plan.strategy.run(query, ctx)
+        trace.details.update(result.details)
+        trace.stage_ms["total"] = (time.perf_counter() - t0) * 1e3
+        return RouteResult(request_id=query.request_id, text=result.text,
+                           final_answer=extract_final_answer(result.text), finish_reason=result.finish_reason,
+                           trace=trace.to_dict())
+
+    async def close(self) -> None:
+        await self.pool.close()

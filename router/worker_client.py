@@ -1,0 +1,106 @@
+"""`WorkerClient`: gRPC to one worker replica (thinkroute.v1.Worker), on grpc.aio.
+
+Converts between `workers.types` and protobuf, applies per-call deadlines, and raises
+`grpc.aio.AioRpcError` unchanged (the pool decides about retries and error mapping).
+The channel is created lazily on the event loop that first uses it (grpc.aio objects are
+loop-bound).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from thinkroute.v1 import worker_pb2 as pb
+from thinkroute.v1 import worker_pb2_grpc as pb_grpc
+
+from router.types import ModelInfo
+from workers import wire
+from workers.types import PromptInput, Sampling
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Fail fast on a dead worker instead of backing off for up to 2 minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+
+class WorkerClient:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.WorkerStub | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def stub(self) -> pb_grpc.WorkerStub:
+        loop = asyncio.get_running_loop()
+        if self._stub is None or self._loop is not loop:
+            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._stub = pb_grpc.WorkerStub(self._channel)
+            self._loop = loop
+        return self._stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
+
+    def generate(self, prompt: PromptInput, sampling: Sampling, *, timeout: float,
+                 request_id: str = "") -> AsyncIterator[pb.GenerateResponse]:
+        """The server stream; cancelling/closing it cancels the RPC (the worker aborts the request)."""
+        req = pb.GenerateRequest(request_id=request_id, prompt=wire.prompt_to_pb(prompt),
+                                 sampling=wire.sampling_to_pb(sampling))
+        return self.stub.Generate(req, timeout=timeout)
+
+    async def score(self, prompt: PromptInput, *, continuation_ids: list[int] | None, continuation_text: str | None,
+                    top_k: int, candidate_ids: list[int], timeout: float) -> pb.ScoreResponse:
+        req = pb.ScoreRequest(prompt=wire.prompt_to_pb(prompt), top_k=top_k, candidate_ids=candidate_ids)
+        if continuation_ids is not None:
+            req.continuation_ids.CopyFrom(pb.TokenIds(ids=continuation_ids))
+        elif continuation_text is not None:
+            req.continuation_text = continuation_text
+        return await self.stub.Score(req, timeout=timeout)
+
+    async def hidden_states(self, prompts: list[PromptInput], layers: list[int], mean_pool: bool,
+                            timeout: float) -> list[np.ndarray]:
+        req = pb.HiddenStateRequest(prompts=[wire.prompt_to_pb(p) for p in prompts], layers=layers,
+                                    pooling=pb.POOLING_MEAN if mean_pool else pb.POOLING_LAST_TOKEN)
+        resp = await self.stub.HiddenState(req, timeout=timeout)
+        return [np.frombuffer(r.data, dtype="<f4").reshape(tuple(r.shape)) for r in resp.results]
+
+    async def tokenize(self, prompt: PromptInput, timeout: float) -> list[int]:
+        resp = await self.stub.Tokenize(pb.TokenizeRequest(prompt=wire.prompt_to_pb(prompt)), timeout=timeout)
+        return list(resp.token_ids)
+
+    async def info(self, timeout: float = 10.0) -> pb.InfoResponse:
+        return await self.stub.Info(pb.InfoRequest(), timeout=timeout)
+
+    async def load(self, timeout: float = 2.0) -> pb.LoadResponse:
+        return await self.stub.Load(pb.LoadRequest(), timeout=timeout)
+
+    async def healthy(self, timeout: float = 2.0) -> bool:
+        stub = health_pb2_grpc.HealthStub(self._channel if self._stub else (self.stub and self._channel))
+        try:
+            r = await stub.Check(health_pb2.HealthCheckRequest(service="thinkroute.v1.Worker"), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return r.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def model_info(model: str, resp: pb.InfoResponse) -> ModelInfo:
+    return ModelInfo(model=model, tokenizer_id=resp.tokenizer_id, context_length=resp.context_length,
+                     has_chat_template=resp.has_chat_template, backend=resp.backend, device=resp.device)
+
+
+def remaining(deadline: float) -> float:
+    return deadline - time.monotonic()

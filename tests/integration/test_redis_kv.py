@@ -1,0 +1,245 @@
+"""RedisKVConnector against a real redis-server and a real vLLM engine (SmolLM2, CPU).
+
+One engine lives in this process for the whole file (VLLM_ENABLE_V1_MULTIPROCESSING=0, so
+the connector objects and their counters are readable here); a second engine in a
+subprocess (this file run as a script) writes a shared prefix to Redis that this engine has
+never seen. About 2-4 minutes on 2 busy cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+ROOT = Path(__file__).resolve().parents[2]
+GSM8K = Path(os.environ.get("THINKROUTE_DATA", ROOT.parent / "shared" / "data")) / "gsm8k"
+MAX_MODEL_LEN = 2048
+BUDGET = 96 << 20  # Redis maxmemory: ~16 SmolLM2 float32 blocks of 128 tokens
+
+
+def engine_kwargs(kv_transfer_config: dict) -> dict:
+    return dict(dtype="float32", enforce_eager=True, enable_chunked_prefill=False, max_model_len=MAX_MODEL_LEN,
+                max_num_batched_tokens=MAX_MODEL_LEN, kv_transfer_config=kv_transfer_config, seed=0)
+
+
+def _writer_main(model_dir: str, redis_url: str, prompts_file: str) -> None:
+    """Subprocess: run the prompts once through an engine with the connector, flush, exit."""
+    from vllm import LLM, SamplingParams
+
+    from workers.kv.config import redis_kv_transfer_config
+    from workers.kv.connector import INSTANCES
+
+    llm = LLM(model_dir, **engine_kwargs(redis_kv_transfer_config(redis_url, "writer", model_id="smollm2-135m")))
+    prompts = json.loads(Path(prompts_file).read_text())
+    llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=1, temperature=0))
+    assert INSTANCES["worker"].flush(30) and INSTANCES["scheduler"].flush(30)
+    print("WRITER_STATS", json.dumps(INSTANCES["worker"].stats()), flush=True)
+
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    from workers.convert import materialize
+    from workers.models import resolve_model
+
+    return str(materialize(resolve_model("smollm2-135m")))
+
+
+@pytest.fixture(scope="session")
+def redis_srv(tmp_path_factory):
+    from router.redis_server import RedisServer, free_port
+
+    srv = RedisServer(free_port(), tmp_path_factory.mktemp("redis"), maxmemory_bytes=BUDGET)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def llm(model_dir, redis_srv):
+    from vllm import LLM
+
+    from workers.kv.config import redis_kv_transfer_config
+
+    cfg = redis_kv_transfer_config(redis_srv.url, "reader", model_id="smollm2-135m", retry_after_s=0.5)
+    engine = LLM(model_dir, **engine_kwargs(cfg))
+    yield engine
+    del engine
+
+
+@pytest.fixture(scope="session")
+def conn(llm):
+    from workers.kv.connector import INSTANCES
+
+    return INSTANCES["scheduler"], INSTANCES["worker"]
+
+
+@pytest.fixture(scope="session")
+def tok(llm):
+    return llm.get_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def prefix_ids(tok) -> list[int]:
+    """5 exemplars of GSM8K: a few-shot prefix of 4+ full 128-token blocks."""
+    rows = [json.loads(l) for l in (GSM8K / "train.jsonl").read_text().splitlines()[:5]]
+    text = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in rows)
+    ids = tok.encode(text)
+    assert len(ids) >= 4 * 128, len(ids)
+    return ids
+
+
+def questions(tok, n: int, start: int = 0) -> list[list[int]]:
+    rows = [json.loads(l) for l in (GSM8K / "test.jsonl").read_text().splitlines()[start:start + n]]
+    return [tok.encode(f"Question: {r['question']}\nAnswer:", add_special_tokens=False) for r in rows]
+
+
+def greedy(n=32, logprobs=5):
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=n, temperature=0, logprobs=logprobs)
+
+
+def cold(llm, conn, prompts, sp):
+    """Reference run: no Redis loads, empty local prefix cache."""
+    sched, _ = conn
+    llm.reset_prefix_cache()
+    sched.settings.load, sched.settings.save = False, False
+    try:
+        return llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    finally:
+        sched.settings.load, sched.settings.save = True, True
+        llm.reset_prefix_cache()
+
+
+def assert_same(outs, refs, tol=1e-4):
+    for o, r in zip(outs, refs, strict=True):
+        assert list(o.outputs[0].token_ids) == list(r.outputs[0].token_ids)
+        for a, b in zip(o.outputs[0].logprobs, r.outputs[0].logprobs, strict=True):
+            for t, lp in b.items():
+                assert t in a, "top-k set changed"
+                assert abs(a[t].logprob - lp.logprob) <= tol, (t, a[t].logprob, lp.logprob)
+
+
+def test_prefix_written_by_another_process_gives_cold_run_tokens(llm, conn, tok, prefix_ids, redis_srv, model_dir, tmp_path):
+    sched, worker = conn
+    q_writer, q_reader = questions(tok, 2)
+    pf = tmp_path / "prompts.json"
+    pf.write_text(json.dumps([prefix_ids + q_writer]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, __file__, model_dir, redis_srv.url, str(pf)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    wstats = json.loads(p.stdout.split("WRITER_STATS", 1)[1].strip().splitlines()[0])
+    full = len(prefix_ids + q_writer) // 128
+    assert wstats["saved_blocks"] == full and wstats["errors"] == 0
+
+    prompt = prefix_ids + q_reader
+    shared_blocks = len(prefix_ids) // 128
+    before = worker.stats()["loaded_blocks"]
+    llm.reset_prefix_cache()
+    warm = llm.generate([{"prompt_token_ids": prompt}], greedy(), use_tqdm=False)
+    loaded = worker.stats()["loaded_blocks"] - before
+    assert loaded == shared_blocks  # the whole shared prefix, nothing past the divergence
+    assert warm[0].kv_transfer_params == {"remote_cached_prompt_tokens": shared_blocks * 128}
+    assert warm[0].num_cached_tokens == shared_blocks * 128
+
+    ref = cold(llm, conn, [prompt], greedy())
+    assert ref[0].num_cached_tokens == 0 and ref[0].kv_transfer_params == {"remote_cached_prompt_tokens": 0}
+    assert_same(warm, ref)
+
+
+def test_corrupted_and_truncated_blocks_are_skipped_never_loaded(llm, conn, tok, prefix_ids, redis_srv):
+    from workers.kv.keys import block_hashes, kv_key
+
+    sched, worker = conn
+    prompt = prefix_ids + questions(tok, 1, start=5)[0]
+    keys = [kv_key(sched.ns, h) for h in block_hashes(prefix_ids, sched.ns)]
+    r = redis_srv.client()
+    assert all(r.exists(k) for k in keys[:4]), "previous test should have left the prefix in Redis"
+    good = r.get(keys[2])
+    r.setrange(keys[2], len(good) - 1000, b"\x00garbage\xff")  # corrupt the payload, same length
+    r.set(keys[3], r.get(keys[3])[:-4096])  # truncate
+    s0 = worker.stats()
+    llm.reset_prefix_cache()
+    out = llm.generate([{"prompt_token_ids": prompt}], greedy(), use_tqdm=False)
+    s1 = worker.stats()
+    assert s1["corrupt_blocks"] - s0["corrupt_blocks"] == 1
+    assert s1["loaded_blocks"] - s0["loaded_blocks"] == 2  # blocks 0 and 1 only
+    assert s1["load_failed_blocks"] - s0["load_failed_blocks"] == len(prefix_ids) // 128 - 2
+    assert_same(out, cold(llm, conn, [prompt], greedy()))
+
+
+def test_redis_stopped_mid_run_loses_nothing(llm, conn, tok, prefix_ids, redis_srv):
+    sched, worker = conn
+    prompts = [prefix_ids + q for q in questions(tok, 4, start=10)]
+    sp = greedy(n=16, logprobs=1)
+    refs = cold(llm, conn, prompts, sp)
+    # seed Redis with the shared prefix, then lose Redis while a batch runs
+    llm.generate([{"prompt_token_ids": prompts[0]}], greedy(1), use_tqdm=False)
+    assert worker.flush(30)
+    llm.reset_prefix_cache()
+    errors0 = sched.stats()["errors"] + worker.stats()["errors"]
+    stopper = threading.Timer(0.3, redis_srv.stop)
+    stopper.start()
+    try:
+        during = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+        stopper.join()
+        llm.reset_prefix_cache()
+        after = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)  # Redis down throughout
+        assert worker.flush(30)
+    finally:
+        stopper.cancel()
+        redis_srv.start()
+    assert_same(during, refs, tol=1e-4)
+    assert_same(after, refs, tol=1e-4)
+    assert all(o.kv_transfer_params["remote_cached_prompt_tokens"] == 0 for o in after)
+    assert sched.stats()["errors"] + worker.stats()["errors"] > errors0
+    # back up (empty): the connector recovers within retry_after_s and saves again
+    time.sleep(0.6)
+    saved0 = worker.stats()["saved_blocks"]
+    llm.reset_prefix_cache()
+    llm.generate([{"prompt_token_ids": prompts[1]}], greedy(1), use_tqdm=False)
+    assert worker.flush(30)
+    assert worker.stats()["saved_blocks"] > saved0
+
+
+def test_stream_of_distinct_prefixes_stays_within_budget(llm, conn, tok, redis_srv):
+    sched, worker = conn
+    r = redis_srv.client()
+    rows = [json.loads(l) for l in (GSM8K / "train.jsonl").read_text().splitlines()[100:400]]
+    prompts, i = [], 0
+    for k in range(6):  # 6 distinct ~4-block prompts: ~24 blocks * 5.9 MB > 96 MB budget
+        ids: list[int] = []
+        while len(ids) < 4 * 128 + 10:
+            ids += tok.encode(f"Question: {rows[i]['question']}\nAnswer: {rows[i]['answer']}\n\n", add_special_tokens=False)
+            i += 1
+        prompts.append(ids[:4 * 128 + 10])
+    before = r.info("stats")["evicted_keys"]
+    llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(1), use_tqdm=False)
+    assert worker.flush(60) and sched.flush(30)
+    mem = r.info("memory")
+    assert mem["used_memory"] <= BUDGET, mem["used_memory_human"]
+    assert r.info("stats")["evicted_keys"] > before
+    # TTLs on every block and index entry
+    some = list(r.scan_iter(match="trkv*", count=1000))[:20]
+    assert some and all(0 < r.ttl(k) <= 3600 for k in some)
+    # no per-request state left behind in the worker or scheduler
+    assert worker.stats()["pending_save_bytes"] == 0
+    assert not sched._lookups and not sched._remote_tokens
+
+
+if __name__ == "__main__":
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    _writer_main(*sys.argv[1:4])

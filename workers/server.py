@@ -1,0 +1,297 @@
+"""The gRPC worker server: thin servicer over one Engine.
+
+Request life: validate (INVALID_ARGUMENT) -> admit (bounded queue, RESOURCE_EXHAUSTED past it)
+-> engine call -> map errors to status codes. The standard health service says SERVING once
+the engine is up and NOT_SERVING while draining or after the engine died; a dead engine makes
+the process exit with code 3 so its supervisor (`thinkroute serve`) restarts it.
+Shutdown (SIGTERM/SIGINT) stops admitting, drains in-flight requests for `grace` seconds, exits.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections import deque
+from contextlib import asynccontextmanager
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from thinkroute.v1 import worker_pb2 as pb
+from thinkroute.v1 import worker_pb2_grpc as pb_grpc
+
+from workers import wire
+from workers.config import EngineConfig
+from workers.engine import Engine
+from workers.errors import Draining, EngineDead, InvalidRequest, QueueFull, WorkerError
+from workers.prompts import PromptRenderer
+from workers.types import PromptInput, Sampling
+
+log = logging.getLogger("thinkroute.worker")
+SERVICE_NAME = "thinkroute.v1.Worker"
+ENGINE_DEAD_EXIT_CODE = 3
+
+
+class Admission:
+    """At most `concurrency` requests run; at most `max_queue` more wait; the rest are refused."""
+
+    def __init__(self, concurrency: int, max_queue: int) -> None:
+        self.concurrency, self.max_queue = concurrency, max_queue
+        self.running = 0
+        self.queued = 0
+        self._sem: asyncio.Semaphore | None = None  # created lazily on the serving loop
+
+    @asynccontextmanager
+    async def slot(self):
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.concurrency)
+        if self.running + self.queued >= self.concurrency + self.max_queue:
+            raise QueueFull(
+                f"worker queue is full ({self.running} running, {self.queued} queued, limit "
+                f"{self.concurrency}+{self.max_queue}): retry later or on another replica"
+            )
+        self.queued += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.queued -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._sem.release()
+
+
+class WorkerServicer(pb_grpc.WorkerServicer):
+    def __init__(self, engine: Engine, renderer: PromptRenderer, cfg: EngineConfig, replica_id: str,
+                 health_servicer: health.HealthServicer) -> None:
+        self.engine, self.renderer, self.cfg, self.replica_id = engine, renderer, cfg, replica_id
+        self.health = health_servicer
+        self.admission = Admission(engine.max_concurrency, cfg.max_queue)
+        self.draining = False
+        self.requests_total = 0
+        self._gen_times: deque[tuple[float, int]] = deque(maxlen=4096)
+        self.on_engine_dead = lambda: None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _check_accepting(self) -> None:
+        if self.draining:
+            raise Draining("worker is shutting down: send the request to another replica")
+        if not self.engine.healthy():
+            raise EngineDead("the model engine of this worker died; it is restarting: retry on another replica")
+
+    def _prompt_ids(self, prompt: pb.Prompt) -> list[int]:
+        ids = self.renderer.render(wire.prompt_from_pb(prompt)).token_ids
+        ctx = self.engine.info.context_length
+        if len(ids) > ctx:
+            raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model's context is {ctx} tokens: shorten it")
+        return ids
+
+    def _validate_sampling(self, s: Sampling, n_prompt: int) -> None:
+        ctx = self.engine.info.context_length
+        if s.max_tokens <= 0:
+            raise InvalidRequest(f"sampling.max_tokens must be > 0 (got {s.max_tokens})")
+        if n_prompt + s.max_tokens > ctx:
+            raise InvalidRequest(
+                f"prompt ({n_prompt} tokens) + max_tokens ({s.max_tokens}) exceeds the context of {ctx} tokens: "
+                f"lower max_tokens to at most {max(ctx - n_prompt, 0)} or shorten the prompt"
+            )
+        if s.temperature < 0:
+            raise InvalidRequest(f"sampling.temperature must be >= 0 (got {s.temperature})")
+        if not 0 < s.top_p <= 1:
+            raise InvalidRequest(f"sampling.top_p must be in (0, 1] (got {s.top_p})")
+        if any(not x for x in s.stop):
+            raise InvalidRequest("sampling.stop contains an empty string")
+
+    async def _fail(self, context: grpc.aio.ServicerContext, e: Exception) -> None:
+        if isinstance(e, WorkerError):
+            code = getattr(grpc.StatusCode, e.grpc_code)
+        else:
+            log.exception("internal error")
+            code = grpc.StatusCode.INTERNAL
+        if not self.engine.healthy():
+            self._mark_dead()
+            code = grpc.StatusCode.UNAVAILABLE
+            e = EngineDead(f"the model engine of this worker died ({e}); it is restarting: retry on another replica")
+        await context.abort(code, str(e))
+
+    def _mark_dead(self) -> None:
+        asyncio.ensure_future(_set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING))
+        self.on_engine_dead()
+
+    # -- RPCs ----------------------------------------------------------------------------------
+    async def Generate(self, request: pb.GenerateRequest, context):
+        try:
+            self._check_accepting()
+            ids = self._prompt_ids(request.prompt)
+            sampling = wire.sampling_from_pb(request.sampling)
+            self._validate_sampling(sampling, len(ids))
+            request_id = request.request_id or uuid.uuid4().hex
+            self.requests_total += 1
+            async with self.admission.slot():
+                stream = self.engine.generate(request_id, ids, sampling)
+                try:
+                    async for chunk in stream:
+                        msg = pb.GenerateResponse(text_delta=chunk.text, token_ids=chunk.token_ids)
+                        if chunk.final is not None:
+                            msg.final.CopyFrom(wire.final_to_pb(chunk.final))
+                            self._gen_times.append((time.monotonic(), chunk.final.generated_tokens))
+                        yield msg
+                finally:
+                    await stream.aclose()  # aborts the engine request if the client went away
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - mapped to a status code
+            await self._fail(context, e)
+
+    async def Score(self, request: pb.ScoreRequest, context):
+        try:
+            self._check_accepting()
+            ids = self._prompt_ids(request.prompt)
+            which = request.WhichOneof("continuation")
+            if which == "continuation_text":
+                cont = self.renderer.tokenizer.encode(request.continuation_text, add_special_tokens=False)
+            elif which == "continuation_ids":
+                cont = list(request.continuation_ids.ids)
+            else:
+                cont = []
+            vocab = self.renderer.vocab_size
+            bad = [t for t in [*cont, *request.candidate_ids] if not 0 <= t < vocab]
+            if bad:
+                raise InvalidRequest(f"token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+            if len(ids) + len(cont) > self.engine.info.context_length:
+                raise InvalidRequest("prompt + continuation exceed the model's context length")
+            if request.top_k < 0 or request.top_k > 100:
+                raise InvalidRequest(f"top_k must be in [0, 100] (got {request.top_k})")
+            async with self.admission.slot():
+                r = await self.engine.score(ids, cont, request.top_k, list(request.candidate_ids))
+            return pb.ScoreResponse(
+                continuation=wire.logprobs_to_pb(r.continuation), top_next=wire.logprobs_to_pb(r.top_next),
+                candidates=wire.logprobs_to_pb(r.candidates), prompt_tokens=r.prompt_tokens,
+                cached_prompt_tokens=r.cached_prompt_tokens,
+            )
+        except Exception as e:  # noqa: BLE001
+            await self._fail(context, e)
+
+    async def HiddenState(self, request: pb.HiddenStateRequest, context):
+        try:
+            self._check_accepting()
+            if not request.prompts:
+                raise InvalidRequest("HiddenState needs at least one prompt")
+            prompts = [self._prompt_ids(p) for p in request.prompts]
+            async with self.admission.slot():
+                results = await self.engine.hidden_states(prompts, list(request.layers),
+                                                          wire.pooling_from_pb(request.pooling))
+            return pb.HiddenStateResponse(
+                model_id=self.engine.info.model_id,
+                results=[pb.HiddenStateResult(
+                    data=np.ascontiguousarray(r.states, dtype="<f4").tobytes(), shape=list(r.states.shape),
+                    layers=r.layers, prompt_tokens=r.prompt_tokens) for r in results],
+            )
+        except Exception as e:  # noqa: BLE001
+            await self._fail(context, e)
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context):
+        try:
+            rendered = self.renderer.render(wire.prompt_from_pb(request.prompt))
+            return pb.TokenizeResponse(token_ids=rendered.token_ids, rendered_text=rendered.text)
+        except Exception as e:  # noqa: BLE001
+            await self._fail(context, e)
+
+    async def Info(self, request, context):
+        i = self.engine.info
+        return pb.InfoResponse(
+            model_id=i.model_id, tokenizer_id=i.tokenizer_id, context_length=i.context_length, backend=i.backend,
+            device=i.device, dtype=i.dtype, has_chat_template=i.has_chat_template, vocab_size=i.vocab_size,
+            hidden_size=i.hidden_size, num_layers=i.num_layers, max_concurrency=self.admission.concurrency,
+            max_queue=self.admission.max_queue, replica_id=self.replica_id,
+        )
+
+    async def Load(self, request, context):
+        now = time.monotonic()
+        recent = sum(n for t, n in self._gen_times if now - t <= 60.0)
+        return pb.LoadResponse(
+            running=self.admission.running, queued=self.admission.queued,
+            max_concurrency=self.admission.concurrency, max_queue=self.admission.max_queue,
+            generated_tokens_per_s=recent / 60.0, requests_total=self.requests_total,
+        )
+
+
+def _progress(msg: str) -> None:
+    print(f"[worker {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0, grace_s: float = 30.0,
+                       replica_id: str | None = None, ready_file: str | None = None) -> int:
+    """Load the engine, serve until SIGTERM/SIGINT (drain, then exit 0) or engine death (exit 3).
+
+    `port=0` picks a free port; the bound address is printed as `READY host:port` on stdout and,
+    when `ready_file` is given, written there (how `thinkroute serve` and the tests find it).
+    """
+    from transformers import AutoTokenizer
+
+    from workers.backends import make_engine
+    from workers.convert import materialize
+    from workers.models import resolve_model
+
+    spec = resolve_model(cfg.model)
+    model_dir = materialize(spec, _progress)
+    engine = make_engine(cfg, _progress)
+    await engine.start(_progress)
+    renderer = PromptRenderer(AutoTokenizer.from_pretrained(model_dir), chat=spec.chat, prepend_bos=spec.prepend_bos)
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
+                                      ("grpc.max_send_message_length", 64 << 20)])
+    health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+    replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    servicer = WorkerServicer(engine, renderer, cfg, replica_id, health_servicer)
+    pb_grpc.add_WorkerServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"could not bind {host}:{port}: is the port in use?")
+    await server.start()
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    address = f"{host}:{bound}"
+    if ready_file:
+        tmp = ready_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(address)
+        os.replace(tmp, ready_file)
+    print(f"READY {address}", flush=True)
+    _progress(f"{spec.name} ({cfg.backend}) serving on {address}")
+
+    stop = asyncio.Event()
+    exit_code = 0
+
+    def engine_died() -> None:
+        nonlocal exit_code
+        exit_code = ENGINE_DEAD_EXIT_CODE
+        stop.set()
+
+    servicer.on_engine_dead = engine_died
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    servicer.draining = True
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    _progress(f"draining (up to {grace_s:.0f} s for {servicer.admission.running + servicer.admission.queued} requests)")
+    await server.stop(grace_s if exit_code == 0 else 1.0)
+    await engine.shutdown()
+    _progress("stopped")
+    return exit_code
+
+
+async def _set_health(h, status) -> None:
+    for name in ("", SERVICE_NAME):
+        r = h.set(name, status)
+        if asyncio.iscoroutine(r):
+            await r

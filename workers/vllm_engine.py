@@ -1,0 +1,381 @@
+"""`vllm` backend: the production engine, on vLLM's asynchronous engine (`AsyncLLM`).
+
+What it does, per call of the `Engine` contract (workers/engine.py):
+
+- `generate`: one `AsyncLLM.generate` stream per request, prompt passed as token ids
+  (`TokensPrompt`) so this backend and `hf` see identical ids. vLLM streams text deltas
+  (`RequestOutputKind.DELTA`) and already holds back text that could still become a stop
+  string and cuts the stop string out of the text (`include_stop_str_in_output=False`),
+  which is the contract. Closing the iterator early (client cancelled, deadline passed)
+  calls `AsyncLLM.abort(request_id)` at once: the request leaves the scheduler at its next
+  step and its KV blocks are freed.
+- `score`: one prefill of prompt+continuation with `max_tokens=1` (greedy):
+  `prompt_logprobs=0` gives each continuation token's log-prob (exact: the log-softmax
+  of the raw logits, `logprobs_mode="raw_logprobs"`), `logprobs=top_k` gives the top-k
+  next-token distribution. Candidates found in that top-k are read from it; the others
+  come from a second 1-token request with `logprob_token_ids=[...]`, which returns the
+  exact log-prob of any listed id (at most 128 per request, so longer lists are split).
+  That second request hits the prefix cache for every full block of the first, so it
+  recomputes less than one block (measured: see docs/bench/engine.md). The alternatives
+  are worse: raising `max_logprobs` to the vocabulary size materialises 49k-262k Python
+  `Logprob` objects per call, and one prompt_logprobs pass per candidate costs a prefill each.
+- `hidden_states`: served by an `HfEngine` on the same safetensors directory, built lazily
+  inside this worker process on first use. vLLM's generate runner does not expose hidden
+  states; its pooling runner would, but it needs a second engine (its own process, weights
+  and KV cache), which costs more than an hf copy of a 135M-270M model and is only ever
+  used for one prefill per query (the probe's features).
+- `healthy()`: false once vLLM raised `EngineDeadError` (the engine-core process died) or
+  reports itself errored; the server then answers NOT_SERVING / UNAVAILABLE and restarts.
+
+Configuration (from `EngineConfig`):
+- `VLLM_CPU_KVCACHE_SPACE` (GiB) is set from `cfg.kv_cache_gib` in `os.environ` before the
+  engine core is spawned (the spawned process reads it at start). vLLM parses it as an int,
+  so fractional sizes round up to whole GiB.
+- `enable_prefix_caching=True`, `enforce_eager`, `max_num_seqs`, `max_model_len`, `dtype`,
+  `max_logprobs=128`, `kv_transfer_config` from `cfg.kv_connector` when given.
+- NOTE(vllm-cpu 0.32.0): a request with a `seed` whose prompt is prefilled in chunks kills
+  the engine core (`EngineDeadError`, root cause "CPU Generator does not use offset"). One
+  user's seeded request must not take the worker down, so chunked prefill is off and
+  `max_num_batched_tokens >= max_model_len`: every prompt is prefilled in one step.
+  tests/integration/test_vllm_engine.py checks a seeded long prompt.
+- NOTE(gemma3): Gemma 3 without `<bos>` writes degenerate text. `PromptRenderer` prepends it
+  for text and chat prompts; raw token-id prompts are used as given there, so this engine
+  prepends `<bos>` when a `prepend_bos` model gets ids that do not start with it (one int
+  compare per request).
+
+The engine core runs in a spawned process (vLLM's multiprocessing client): entry points that
+build this engine need an `if __name__ == "__main__":` guard.
+
+On GPU the CUDA path is a configuration difference only (the `vllm` package instead of
+`vllm-cpu`, `cfg.device="cuda"`, `gpu_memory_utilization` instead of
+`VLLM_CPU_KVCACHE_SPACE`, usually bfloat16 and CUDA graphs); it is not exercised here.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator, Callable
+
+from workers.config import EngineConfig
+from workers.engine import Engine
+from workers.errors import EngineDead, InvalidRequest, WorkerError
+from workers.models import ModelSpec
+from workers.types import (
+    EngineInfo,
+    FinishReason,
+    GenerateChunk,
+    GenerateFinal,
+    HiddenStateResult,
+    Pooling,
+    Sampling,
+    ScoreResult,
+    TokenLogprob,
+)
+
+if TYPE_CHECKING:
+    from workers.hf_engine import HfEngine
+
+log = logging.getLogger(__name__)
+
+#: Upper bound on `top_k` in Score (vLLM's `max_logprobs`); SpecReason needs 10 digits, the API 20.
+MAX_TOP_K = 128
+#: vLLM's per-request limit on `logprob_token_ids` (vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS).
+MAX_CANDIDATES_PER_REQUEST = 128
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+
+
+class VllmEngine(Engine):
+    """One model on vLLM's AsyncLLM. Call `start()` on the event loop that will serve requests."""
+
+    def __init__(self, spec: ModelSpec, model_dir: Path, cfg: EngineConfig) -> None:
+        self.spec, self.model_dir, self.cfg = spec, Path(model_dir), cfg
+        self.max_concurrency = cfg.max_num_seqs
+        self._llm = None
+        self._tokenizer = None
+        self._bos_id: int | None = None
+        self._dead: BaseException | None = None
+        self._hf: HfEngine | None = None
+        self._hf_lock: asyncio.Lock | None = None  # created lazily on the serving loop
+        self._warned_bos = False
+        #: Seconds `start()` took (engine core spawn + weights + KV cache allocation).
+        self.start_seconds = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def engine_args(self):
+        """The `AsyncEngineArgs` this engine starts with (exposed for tests and the benchmark)."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        cfg = self.cfg
+        kv_transfer = None
+        if cfg.kv_connector:
+            from vllm.config import KVTransferConfig
+
+            kv_transfer = KVTransferConfig(**cfg.kv_connector)
+        device_args = {}
+        if cfg.device == "cuda":
+            device_args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        return AsyncEngineArgs(
+            model=str(self.model_dir),
+            tokenizer=str(self.model_dir),
+            served_model_name=self.spec.name,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            max_num_seqs=cfg.max_num_seqs,
+            enable_prefix_caching=True,
+            # NOTE(vllm-cpu 0.32.0): seeded + chunked prefill kills the engine; see module docstring.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(cfg.max_model_len, 2048),
+            max_logprobs=MAX_TOP_K,
+            logprobs_mode="raw_logprobs",
+            kv_transfer_config=kv_transfer,
+            disable_log_stats=True,
+            **device_args,
+        )
+
+    async def start(self, progress: Callable[[str], None] | None = None) -> None:
+        say = progress or (lambda m: None)
+        if self.cfg.device == "cpu":
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = _gib_str(self.cfg.kv_cache_gib)
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        t0 = time.monotonic()
+        say(f"{self.spec.name}: starting vLLM engine ({self.cfg.dtype}, {self.cfg.device}, "
+            f"max_model_len={self.cfg.max_model_len}, kv_cache={self.cfg.kv_cache_gib} GiB)")
+        args = self.engine_args()
+        # Building the engine spawns the engine-core process and waits for it (tens of seconds):
+        # do it in a thread so the event loop (health checks) stays live.
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self._tokenizer = self._llm.get_tokenizer()
+        self._bos_id = self._tokenizer.bos_token_id if self.spec.prepend_bos else None
+        mc = self._llm.model_config
+        text_cfg = getattr(mc.hf_config, "text_config", mc.hf_config)
+        self.info = EngineInfo(
+            model_id=self.spec.name,
+            tokenizer_id=_tokenizer_id(self._tokenizer),
+            context_length=int(mc.max_model_len),
+            backend="vllm",
+            device=self.cfg.device,
+            dtype=self.cfg.dtype,
+            has_chat_template=bool(getattr(self._tokenizer, "chat_template", None)) and self.spec.chat,
+            vocab_size=len(self._tokenizer),
+            hidden_size=int(text_cfg.hidden_size),
+            num_layers=int(text_cfg.num_hidden_layers),
+        )
+        self.start_seconds = time.monotonic() - t0
+        say(f"{self.spec.name}: vLLM engine ready in {self.start_seconds:.1f} s")
+
+    def healthy(self) -> bool:
+        return self._llm is not None and self._dead is None and not self._llm.errored
+
+    def num_unfinished_requests(self) -> int:
+        """Requests the engine holds now (running or waiting in its scheduler)."""
+        return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
+
+    async def shutdown(self) -> None:
+        if self._hf is not None:
+            await self._hf.shutdown()
+            self._hf = None
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            # Stop reading outputs first, so the engine core going away is not logged as a failure.
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:
+                handler.cancel()
+            await asyncio.to_thread(llm.shutdown)
+
+    # -- generate ------------------------------------------------------------------------------
+    async def generate(self, request_id: str, prompt_ids: list[int], sampling: Sampling) -> AsyncIterator[GenerateChunk]:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        ids = self._check_prompt(prompt_ids)
+        params = SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature if not sampling.greedy else 0.0,
+            top_p=sampling.top_p if 0 < sampling.top_p <= 1 else 1.0,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            include_stop_str_in_output=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        t0 = time.perf_counter()
+        ttft_ms = 0.0
+        generated = 0
+        cached = 0
+        finished = False
+        stream = self._llm_generate(ids, params, request_id)
+        try:
+            async for out in stream:
+                comp = out.outputs[0]
+                if comp.token_ids and generated == 0:
+                    ttft_ms = (time.perf_counter() - t0) * 1e3
+                generated += len(comp.token_ids)
+                if out.num_cached_tokens is not None:
+                    cached = out.num_cached_tokens
+                final = None
+                if out.finished:
+                    finished = True
+                    final = GenerateFinal(
+                        finish_reason=_FINISH.get(comp.finish_reason or "abort", FinishReason.ABORT),
+                        prompt_tokens=len(ids),
+                        generated_tokens=generated,
+                        cached_prompt_tokens=cached,
+                        stop_string=comp.stop_reason if isinstance(comp.stop_reason, str) else "",
+                        time_to_first_token_ms=ttft_ms,
+                        total_time_ms=(time.perf_counter() - t0) * 1e3,
+                    )
+                if comp.text or comp.token_ids or final is not None:
+                    yield GenerateChunk(text=comp.text, token_ids=list(comp.token_ids), final=final)
+                if finished:
+                    return
+        finally:
+            if not finished and self._llm is not None and self.healthy():
+                # Client cancelled / deadline passed / error: free the slot now, not at GC time.
+                await self._llm.abort(request_id)
+            await stream.aclose()
+
+    async def _llm_generate(self, ids: list[int], params, request_id: str):
+        """`AsyncLLM.generate` with vLLM's errors mapped onto the worker's hierarchy."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if not self.healthy():
+            raise EngineDead(f"{self.spec.name}: the vLLM engine has stopped ({self._dead!r}); the worker must restart")
+        try:
+            async for out in self._llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id):
+                yield out
+        except EngineDeadError as e:
+            self._dead = e
+            raise EngineDead(f"{self.spec.name}: the vLLM engine process died; the worker must restart") from e
+        except VLLMClientError as e:
+            raise InvalidRequest(f"{self.spec.name}: vLLM rejected the request: {e}") from e
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as e:
+            if self._llm is not None and self._llm.errored:
+                self._dead = e
+                raise EngineDead(f"{self.spec.name}: the vLLM engine failed ({e}); the worker must restart") from e
+            raise WorkerError(f"{self.spec.name}: generation failed: {e}") from e
+
+    async def _run_once(self, ids: list[int], params) -> object:
+        """Run one non-streaming request to completion and return its last RequestOutput."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        request_id = f"score-{uuid.uuid4().hex}"
+        last = None
+        stream = self._llm_generate(ids, params, request_id)
+        try:
+            async for out in stream:
+                last = out
+        finally:
+            if last is None or not last.finished:
+                if self._llm is not None and self.healthy():
+                    await self._llm.abort(request_id)
+            await stream.aclose()
+        return last
+
+    # -- score ---------------------------------------------------------------------------------
+    async def score(
+        self, prompt_ids: list[int], continuation_ids: list[int], top_k: int, candidate_ids: list[int]
+    ) -> ScoreResult:
+        from vllm.sampling_params import SamplingParams
+
+        if not 0 <= top_k <= MAX_TOP_K:
+            raise InvalidRequest(f"top_k is {top_k}; the vllm backend serves 0..{MAX_TOP_K}")
+        vocab = self.info.vocab_size
+        bad = [t for t in [*continuation_ids, *candidate_ids] if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequest(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        prompt = self._check_prompt(prompt_ids)
+        ids = prompt + list(continuation_ids)
+        n = len(prompt)
+        first = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=0 if continuation_ids else None,
+            logprobs=top_k if top_k > 0 else None,
+            logprob_token_ids=list(dict.fromkeys(candidate_ids))[:MAX_CANDIDATES_PER_REQUEST]
+            if top_k == 0 and candidate_ids else None,
+            detokenize=False,
+        )
+        out = await self._run_once(ids, first)
+        decode = self._token_text
+        cont = []
+        if continuation_ids:
+            rows = out.prompt_logprobs  # rows[i] = logprob of ids[i] given ids[:i]; rows[0] is None
+            for i, t in enumerate(continuation_ids):
+                cont.append(TokenLogprob(t, decode(t), float(rows[n + i][t].logprob)))
+        next_lp: dict[int, float] = {t: float(lp.logprob) for t, lp in (out.outputs[0].logprobs or [{}])[0].items()}
+        top = []
+        if top_k > 0:
+            best = sorted(next_lp.items(), key=lambda kv: -kv[1])[:top_k]
+            top = [TokenLogprob(t, decode(t), v) for t, v in best]
+        known = dict(next_lp)
+        missing = [t for t in dict.fromkeys(candidate_ids) if t not in known]
+        if missing:
+            chunks = [missing[i:i + MAX_CANDIDATES_PER_REQUEST] for i in range(0, len(missing), MAX_CANDIDATES_PER_REQUEST)]
+            outs = await asyncio.gather(*(
+                self._run_once(ids, SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=chunk, detokenize=False))
+                for chunk in chunks
+            ))
+            for o in outs:
+                known.update({t: float(lp.logprob) for t, lp in o.outputs[0].logprobs[0].items()})
+        cands = [TokenLogprob(t, decode(t), known[t]) for t in candidate_ids]
+        return ScoreResult(
+            continuation=cont, top_next=top, candidates=cands,
+            prompt_tokens=len(ids), cached_prompt_tokens=int(out.num_cached_tokens or 0),
+        )
+
+    # -- hidden states -------------------------------------------------------------------------
+    async def hidden_states(self, prompts: list[list[int]], layers: list[int], pooling: Pooling) -> list[HiddenStateResult]:
+        hf = await self.hf_engine()
+        return await hf.hidden_states([self._check_prompt(p) for p in prompts], layers, pooling)
+
+    async def hf_engine(self) -> "HfEngine":
+        """The hf model on the same weights that serves HiddenState, loaded on first use."""
+        if self._hf is None:
+            if self._hf_lock is None:
+                self._hf_lock = asyncio.Lock()
+            async with self._hf_lock:
+                if self._hf is None:
+                    from workers.hf_engine import HfEngine
+
+                    hf = HfEngine(self.spec, self.model_dir, self.cfg.model_copy(update={"backend": "hf"}))
+                    await hf.start()
+                    self._hf = hf
+        return self._hf
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _check_prompt(self, prompt_ids: list[int]) -> list[int]:
+        ids = list(prompt_ids)
+        if not ids:
+            raise InvalidRequest("the prompt is empty: send at least one token id")
+        if self._bos_id is not None and ids[0] != self._bos_id:
+            if not self._warned_bos:
+                log.warning("%s: prompt ids do not start with <bos> (id %d); prepending it (the model needs it)",
+                            self.spec.name, self._bos_id)
+                self._warned_bos = True
+            ids.insert(0, self._bos_id)
+        return ids
+
+    def _token_text(self, token_id: int) -> str:
+        return self._tokenizer.decode([token_id])
+
+
+def _gib_str(gib: float) -> str:
+    """vLLM parses VLLM_CPU_KVCACHE_SPACE with int(): whole GiB, rounded up, at least 1."""
+    return str(max(1, math.ceil(gib)))
+
+
+def _tokenizer_id(tokenizer) -> str:
+    from workers.hf_engine import _tokenizer_id as hf_tokenizer_id
+
+    return hf_tokenizer_id(tokenizer)
