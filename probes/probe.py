@@ -110,7 +110,7 @@ class Probe:
                 continue
             folds = min(3, pos, len(y) - pos)
             if folds >= 2:
-                lr = LogisticRegressionCV(Cs=self.config.Cs, cv=folds, scoring="neg_log_loss", max_iter=500)
+                lr = LogisticRegressionCV(Cs=self.config.Cs, cv=folds, scoring="neg_log_loss", max_iter=500, l1_ratios=(0.0,), use_legacy_attributes=False)
             else:
                 lr = LogisticRegression(C=min(self.config.Cs), max_iter=500)
             lr.fit(H, y, sample_weight=sample_weight)

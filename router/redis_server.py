@@ -5,8 +5,8 @@
 
 Binds 127.0.0.1 only, no persistence (a cache: RDB/AOF off), `maxmemory` + an eviction
 policy (default allkeys-lru: a full cache evicts the least recently used blocks instead of
-refusing writes), its own working dir. `start` waits for PING; `stop` asks SHUTDOWN NOSAVE,
-then terminates, then kills the process it started (and only that one).
+refusing writes), its own working dir. `start` waits for PING; `stop` sends SIGTERM, then
+SIGKILL after `timeout_s`, to the process it started (and only that one).
 """
 from __future__ import annotations
 
@@ -86,19 +86,12 @@ class RedisServer:
         p, self.proc = self.proc, None
         if p is None or p.poll() is not None:
             return
-        try:
-            self.client().shutdown(nosave=True)
-        except (redis.RedisError, OSError):
-            pass  # SHUTDOWN closes the connection on success
+        p.terminate()  # SIGTERM: redis-server exits cleanly (persistence is off: nothing to save)
         try:
             p.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            p.terminate()
-            try:
-                p.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            p.kill()
+            p.wait()
 
     def __enter__(self) -> "RedisServer":
         return self.start()

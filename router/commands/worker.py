@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from workers.config import EngineConfig
 
@@ -47,4 +48,10 @@ def run(args: argparse.Namespace) -> int:
             max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib, max_num_seqs=args.max_num_seqs,
             max_queue=args.max_queue, enforce_eager=not args.no_enforce_eager,
         )
-    return asyncio.run(serve_worker(cfg, args.host, args.port, args.grace, args.replica_id, args.ready_file))
+    from workers.errors import WorkerError
+
+    try:
+        return asyncio.run(serve_worker(cfg, args.host, args.port, args.grace, args.replica_id, args.ready_file))
+    except WorkerError as e:
+        print(f"thinkroute worker: error: {e}", file=sys.stderr)
+        return 2

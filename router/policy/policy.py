@@ -272,13 +272,23 @@ class Policy:
         phi = np.stack([np.ones_like(zs), zs], 1)
         w = np.zeros(2)
         prec0 = np.eye(2) / self.config.prior_var
-        for _ in range(20):
+
+        def objective(w):
+            m = zs + phi @ w
+            return float(np.sum(np.logaddexp(0, m) - ys * m) + 0.5 * w @ prec0 @ w)
+
+        f = objective(w)
+        for _ in range(30):  # damped Newton: halve the step until the (convex) objective drops
             p = _sigmoid(zs + phi @ w)
             grad = phi.T @ (p - ys) + prec0 @ w
             hess = (phi * (p * (1 - p))[:, None]).T @ phi + prec0
             step = np.linalg.solve(hess, grad)
-            w -= step
-            if np.abs(step).max() < 1e-6:
+            t = 1.0
+            while t > 1e-4 and objective(w - t * step) > f:
+                t *= 0.5
+            w = w - t * step
+            f = objective(w)
+            if np.abs(t * step).max() < 1e-6:
                 break
         p = _sigmoid(zs + phi @ w)
         hess = (phi * (p * (1 - p))[:, None]).T @ phi + prec0

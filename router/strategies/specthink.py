@@ -154,11 +154,11 @@ class SpeculativeThinking(Strategy):
             used[role] += c.generated_tokens
             return c
 
-        async def take_over(reason: str, n: int, step: int, trigger: list[str], small_text: str = "") -> Completion:
+        async def take_over(reason: str, n: int, step: int, trigger: list[str]) -> Completion:
             c = await call("large", n, step)
             await tr.add(c.text, c)
             takeovers.append({"step": step, "reason": reason, "trigger": trigger, "tokens": c.generated_tokens,
-                              "text": c.text, **({"lookahead": small_text} if small_text else {})})
+                              "text": c.text})
             return c
 
         step = 0

@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-
 ROOT = Path(__file__).resolve().parents[2]
 GSM8K = Path(os.environ.get("THINKROUTE_DATA", ROOT.parent / "shared" / "data")) / "gsm8k"
 MAX_MODEL_LEN = 2048
@@ -73,8 +70,21 @@ def llm(model_dir, redis_srv):
     from workers.kv.config import redis_kv_transfer_config
 
     cfg = redis_kv_transfer_config(redis_srv.url, "reader", model_id="smollm2-135m", retry_after_s=0.5)
-    engine = LLM(model_dir, **engine_kwargs(cfg))
+    # Engine core in this process (connector counters readable), 1 GiB KV cache; restored
+    # afterwards so other test files' engines are unaffected.
+    saved = {k: os.environ.get(k) for k in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE")}
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    try:
+        engine = LLM(model_dir, **engine_kwargs(cfg))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     yield engine
+    engine.llm_engine.engine_core.shutdown()
     del engine
 
 
@@ -137,7 +147,7 @@ def test_prefix_written_by_another_process_gives_cold_run_tokens(llm, conn, tok,
     q_writer, q_reader = questions(tok, 2)
     pf = tmp_path / "prompts.json"
     pf.write_text(json.dumps([prefix_ids + q_writer]))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
     p = subprocess.run([sys.executable, __file__, model_dir, redis_srv.url, str(pf)], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -173,18 +183,19 @@ def test_corrupted_and_truncated_blocks_are_skipped_never_loaded(llm, conn, tok,
     r.set(keys[3], r.get(keys[3])[:-4096])  # truncate
     s0 = worker.stats()
     llm.reset_prefix_cache()
-    out = llm.generate([{"prompt_token_ids": prompt}], greedy(), use_tqdm=False)
+    out = llm.generate([{"prompt_token_ids": prompt}], greedy(8), use_tqdm=False)
     s1 = worker.stats()
     assert s1["corrupt_blocks"] - s0["corrupt_blocks"] == 1
     assert s1["loaded_blocks"] - s0["loaded_blocks"] == 2  # blocks 0 and 1 only
     assert s1["load_failed_blocks"] - s0["load_failed_blocks"] == len(prefix_ids) // 128 - 2
-    assert_same(out, cold(llm, conn, [prompt], greedy()))
+    assert worker.flush(10) and not r.exists(keys[2])  # the corrupt value was deleted
+    assert_same(out, cold(llm, conn, [prompt], greedy(8)))
 
 
 def test_redis_stopped_mid_run_loses_nothing(llm, conn, tok, prefix_ids, redis_srv):
     sched, worker = conn
-    prompts = [prefix_ids + q for q in questions(tok, 4, start=10)]
-    sp = greedy(n=16, logprobs=1)
+    prompts = [prefix_ids + q for q in questions(tok, 2, start=10)]
+    sp = greedy(n=8, logprobs=1)
     refs = cold(llm, conn, prompts, sp)
     # seed Redis with the shared prefix, then lose Redis while a batch runs
     llm.generate([{"prompt_token_ids": prompts[0]}], greedy(1), use_tqdm=False)
@@ -238,6 +249,74 @@ def test_stream_of_distinct_prefixes_stays_within_budget(llm, conn, tok, redis_s
     # no per-request state left behind in the worker or scheduler
     assert worker.stats()["pending_save_bytes"] == 0
     assert not sched._lookups and not sched._remote_tokens
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    from router.redis_server import RedisServer, free_port
+
+    srv = RedisServer(free_port(), tmp_path / "r", maxmemory_bytes=16 << 20)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_store_treats_a_dead_redis_as_a_miss_and_logs_once(own_redis, caplog):
+    from workers.kv.store import RedisStore, StoreConfig
+
+    st = RedisStore(StoreConfig(url=own_redis.url, retry_after_s=0.2, connect_timeout_s=0.2))
+    assert st.set_many([(b"k1", b"v1"), (b"k2", b"v2")]) and st.count_leading([b"k1", b"k2", b"k3"]) == 2
+    own_redis.stop()
+    with caplog.at_level("WARNING", logger="workers.kv.store"):
+        t0 = time.monotonic()
+        for _ in range(3):
+            assert st.count_leading([b"k1"]) == 0
+            assert st.mget([b"k1", b"k2"]) == [None, None]
+            assert st.set_many([(b"k3", b"v")]) is False
+            time.sleep(0.25)
+        assert time.monotonic() - t0 < 3  # no long connect timeouts per call
+        assert st.stats.errors >= 2 and st.stats.skipped_open_circuit >= 2
+        assert sum("unavailable" in r.message for r in caplog.records) == 1
+        own_redis.start()
+        time.sleep(0.25)
+        assert st.set_many([(b"k4", b"v4")]) and st.mget([b"k4"]) == [b"v4"]
+        assert sum("reachable again" in r.message for r in caplog.records) == 1
+
+
+def test_store_treats_a_slow_redis_as_a_miss(own_redis):
+    from workers.kv.store import RedisStore, StoreConfig
+
+    st = RedisStore(StoreConfig(url=own_redis.url, socket_timeout_s=0.3, retry_after_s=5))
+    assert st.set_many([(b"k1", b"v1")])
+    own_redis.client().execute_command("CLIENT", "PAUSE", 2000, "ALL")
+    t0 = time.monotonic()
+    assert st.mget([b"k1"]) == [None]
+    assert st.count_leading([b"k1"]) == 0  # circuit open: answered without waiting
+    assert time.monotonic() - t0 < 1.0 and st.stats.errors == 1
+
+
+def test_index_feeds_the_scorer_with_real_redis(own_redis):
+    from router.scorers.prefix import PrefixAffinityScorer
+    from workers.kv.index import PrefixIndex
+    from workers.kv.keys import Namespace, block_hashes
+    from workers.kv.store import RedisStore, StoreConfig
+
+    ns = Namespace(model_id="smollm2-135m", dtype="float32", block_size=128, layout="cpu:blocks-first")
+    now = [1_000_000.0]
+    idx = PrefixIndex(RedisStore(StoreConfig(url=own_redis.url)), ns, warm_ttl_s=60, wall_clock=lambda: now[0])
+    shared = list(range(1000, 1000 + 128 * 6))
+    idx.record("a", block_hashes(shared, ns))
+    idx.record("b", block_hashes(shared[:256], ns))
+    h = block_hashes(shared + [5] * 200, ns)
+    assert idx.longest_warm_prefix(h) == {"a": 6, "b": 2}
+    scorer = PrefixAffinityScorer(idx, ns)
+    scores = scorer.score(["a", "b"], shared + [5] * 200, {"a": 2, "b": 1})
+    assert max(scores, key=scores.get) == "a"
+    busy = scorer.score(["a", "b"], shared, {"a": 30, "b": 3})
+    assert max(busy, key=busy.get) == "b"
+    now[0] += 61  # entries age out: nobody is warm
+    assert idx.longest_warm_prefix(h) == {}
+    assert 0 < own_redis.client().ttl(b"trkvidx:1:" + ns.tag.encode() + b":" + h[0].hex().encode()) <= 60
 
 
 if __name__ == "__main__":

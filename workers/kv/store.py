@@ -147,6 +147,12 @@ class RedisStore:
         return bool(ok)
 
 
+    def delete(self, keys: Sequence[bytes]) -> None:
+        """Drop values (a corrupted block), so the next computation of it is saved again."""
+        if keys:
+            self.run("del", lambda c: c.delete(*keys), 0)
+
+
 class BackgroundWriter:
     """One daemon thread draining a queue of write jobs, bounded by `max_pending_bytes`."""
 

@@ -1,0 +1,196 @@
+"""`thinkroute route-eval`: offline routing quality on outcome logs (probe policy vs baselines).
+
+Examples:
+    thinkroute route-eval --config router/configs/routing/gsm8k_6sys.yaml --cv 5 --plot docs/bench/routing.png
+    thinkroute route-eval --config router/configs/routing/mmlu.yaml --cv 5 --group-by subject --meta
+    thinkroute route-eval --data ../shared/data/routing/gsm8k_gpt3_outcomes.dev.jsonl --cv 5 --json
+    thinkroute route-eval --config C.yaml --train A.jsonl --eval B.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HELP = """Evaluate routing policies offline on outcome files (one JSON line per query: the text and, per
+system, {"is_correct", "solution"?}). Costs = token counts (SmolLM2-135M tokenizer) x prices x
+samples from the routing config. Methods, all on the same folds: the probe policy (SmolLM2 hidden
+states -> per-system P(correct) -> dial sweep), probe ablations from the config's `variants`,
+always-cheapest, always-best, random at matched cost, a RouteLLM-style MiniLM + logistic-regression
+router, the best-single-system envelope, and the oracle (reference only).
+Metrics: area under accuracy vs log(cost) (normalised to mean accuracy over log-uniform budgets
+between always-cheapest and always-best), APGR (share of the cheapest->best gap recovered,
+averaged over linear budgets), cost to reach 50/80/95 %% of the best system's accuracy (as a share
+of its cost), and for two systems RouteLLM's APGR and CPT(50%%)/CPT(80%%) over strong-model calls.
+Features are cached under $THINKROUTE_CACHE/features, so a second run is fast."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("route-eval", help="offline routing quality: probe policy vs baselines on outcome logs", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", default=[], metavar="YAML", help="routing-eval config (router/configs/routing/*.yaml); repeat for several data sets (one plot panel each)")
+    p.add_argument("--data", metavar="FILE", help="outcome file; prices from the shipped config with the same systems (or --config)")
+    p.add_argument("--train", metavar="FILE", help="train on this file and evaluate on --eval (instead of --cv)")
+    p.add_argument("--eval", metavar="FILE", help="evaluation file for --train")
+    p.add_argument("--cv", type=int, metavar="K", help="K-fold cross-validation (default: the config's cv, 5)")
+    p.add_argument("--group-by", metavar="FIELD", help="make folds of whole groups (leave-groups-out), e.g. subject")
+    p.add_argument("--meta", action="store_true", help="also run the unseen-group meta-learning experiment (needs groups)")
+    p.add_argument("--limit", type=int, metavar="N", help="use a random N rows (quick runs)")
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write the full results as JSON (to stdout without PATH)")
+    p.add_argument("--plot", metavar="PNG", help="accuracy vs cost (log x) per method, one panel per data set")
+    p.add_argument("--replot", nargs="+", metavar="JSON", help="only redraw --plot (and print tables) from earlier --json outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _source(spec: dict):
+    from probes.features import SOURCES, CachedSource
+
+    spec = dict(spec)
+    kind = spec.pop("source", "local")
+    if kind not in SOURCES:
+        raise ValueError(f"invalid feature source {kind!r}: use one of {sorted(SOURCES)}")
+    return CachedSource(SOURCES[kind](**spec))
+
+
+def run_config(cfg, args, sources=None, count_tokens=None) -> dict:
+    """Load data, compute (cached) features, evaluate. `sources`/`count_tokens` are injectable for tests."""
+    from router.policy.evaluate import Outcomes, evaluate, load_outcomes, make_folds, meta_experiment
+
+    progress = not getattr(args, "no_progress", False)
+    group = args.group_by or cfg.group_field
+    if args.train:
+        if not args.eval:
+            raise SystemExit("--train needs --eval")
+        tr = load_outcomes(cfg, args.train, args.limit, count_tokens, group)
+        ev = load_outcomes(cfg, args.eval, args.limit, count_tokens, group)
+        data = Outcomes(tr.texts + ev.texts, None if tr.groups is None else np.concatenate([tr.groups, ev.groups]), tr.systems,
+                        *(np.concatenate([getattr(tr, k), getattr(ev, k)]) for k in ("correct", "out_tokens", "prompt_tokens", "cost")))
+        folds = [(np.arange(len(tr.texts)), np.arange(len(tr.texts), len(data.texts)))]
+    else:
+        data = load_outcomes(cfg, args.data, args.limit, count_tokens, group)
+        folds = make_folds(len(data.texts), args.cv or cfg.cv, data.groups if group else None, cfg.seed)
+    sources = sources or {"probe": _source(cfg.features), "minilm": _source(cfg.baseline_features)}
+    feats, specs = {}, {}
+    for name, src in sources.items():
+        feats[name] = src.features(data.texts)
+        specs[name] = (dict(src.spec), src.model_id)
+    res = evaluate(cfg, data, feats, specs, folds, progress)
+    res["group_by"] = group
+    if args.meta:
+        if data.groups is None:
+            raise SystemExit("--meta needs groups: --group-by FIELD or a config with group_field")
+        res["meta"] = meta_experiment(cfg, data, feats["probe"], *specs["probe"], folds, progress)
+    return res
+
+
+def _fmt(mean, std, pct=False):
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if math.isinf(mean):
+        return "never"
+    return f"{100 * mean:.1f}±{100 * std:.1f}%" if pct else f"{mean:.4f}±{std:.4f}"
+
+
+def print_table(res: dict, out=sys.stdout) -> None:
+    print(f"\n== {res['dataset']}: {res['n']} queries, {res['folds']} folds" + (f" (groups: {res['group_by']})" if res.get("group_by") else "") + f"; tokens: {res['tokenizer']}", file=out)
+    for s, v in res["singles"].items():
+        print(f"   {s:24s} acc {100 * v['acc']:.1f}%  cost/query ${v['cost_per_query']:.6f}", file=out)
+    two = any("routellm_apgr" in m["mean"] for m in res["methods"].values())
+    head = f"{'method':28s} {'area(acc,logcost)':>18s} {'acc@best-cost':>14s} {'APGR':>14s} {'cost@50%':>13s} {'cost@80%':>13s} {'cost@95%':>13s} {'cost@100%':>13s}"
+    if two:
+        head += f" {'RouteLLM APGR':>14s} {'CPT(50%)':>13s} {'CPT(80%)':>13s}"
+    print(head, file=out)
+    for name, m in res["methods"].items():
+        mu, sd = m["mean"], m["std"]
+        line = f"{name:28s} {_fmt(mu['area'], sd['area']):>18s} {_fmt(mu['acc_at_best_cost'], sd['acc_at_best_cost'], True):>14s} {_fmt(mu['apgr'], sd['apgr']):>14s}"
+        for k in ("cost50_rel", "cost80_rel", "cost95_rel", "cost_rel_to_match_best"):
+            line += f" {_fmt(mu[k], sd[k], True):>13s}"
+        if two and "routellm_apgr" in mu:
+            line += f" {_fmt(mu['routellm_apgr'], sd['routellm_apgr']):>14s} {_fmt(mu['cpt50'], sd['cpt50'], True):>13s} {_fmt(mu['cpt80'], sd['cpt80'], True):>13s}"
+        print(line, file=out)
+    print("   cost@X% = budget to reach X% of the always-best system's accuracy, as a share of its cost (mean±std over folds)", file=out)
+    if res.get("wins"):
+        print("   probe area > baseline area on folds: " + ", ".join(f"{b} {w}" for b, w in res["wins"].items()), file=out)
+    if "meta" in res:
+        me = res["meta"]
+        print(f"   meta-learning on unseen groups ({me['groups_evaluated']} groups x {me['repeats']} draws; area mean over groups, ±std over folds):", file=out)
+        for key, v in me["summary"].items():
+            print(f"     {key:16s} {v['mean']:.4f} ±{v['fold_std']:.4f}", file=out)
+        kmax = max(me["ks"])
+        print(f"     share of (group, draw) where a_k0 area > c_k{kmax} area: {me[f'a_k0_beats_c_k{kmax}_share']:.2f}", file=out)
+
+
+def plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from router.policy import metrics as M
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        for name, m in res["methods"].items():
+            pts = [(p["cost"], p["acc"]) for p in m["points"]]
+            if name == "single-envelope":
+                for s, v in res["singles"].items():
+                    ax.scatter([v["cost_per_query"]], [v["acc"]], marker="x", color="k", s=20)
+                    ax.annotate(s, (v["cost_per_query"], v["acc"]), fontsize=6)
+            h = M.hull(pts)
+            style = "-" if name.startswith("probe") and "[" not in name else ("--" if "[" in name else ":")
+            if len(h) == 1:
+                ax.scatter(h[:, 0], h[:, 1], label=name, s=25)
+            else:
+                ax.plot(h[:, 0], h[:, 1], style, label=name, lw=2 if name == "probe" else 1)
+        ax.set_xscale("log")
+        ax.set_xlabel("mean cost per query (USD, log)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{res['dataset']} ({res['folds']}-fold, pooled out-of-fold)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run(args) -> int:
+    from router.policy.evaluate import config_for_data, load_config
+
+    if args.replot:
+        results = []
+        for path in args.replot:
+            got = json.loads(Path(path).read_text())
+            results.extend(got if isinstance(got, list) else [got])
+        for res in results:
+            print_table(res)
+        if args.plot:
+            plot(results, args.plot)
+        return 0
+    if not args.config and not (args.data or args.train):
+        print("route-eval: give --config YAML, or --data FILE, or --train FILE --eval FILE (see --help)", file=sys.stderr)
+        return 2
+    configs = [load_config(c) for c in args.config] if args.config else [config_for_data(args.data or args.train)]
+    if args.data and len(configs) > 1:
+        print("route-eval: --data goes with at most one --config", file=sys.stderr)
+        return 2
+    results = []
+    for cfg in configs:
+        res = run_config(cfg, args)
+        results.append(res)
+        print_table(res, sys.stderr if args.json == "-" else sys.stdout)
+    if args.json:
+        text = json.dumps(results if len(results) > 1 else results[0], indent=1, default=float)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(text)
+    if args.plot:
+        plot(results, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
