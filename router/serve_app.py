@@ -166,3 +166,21 @@ def build_app(config: Config, addresses: dict[str, list[str]]) -> serve.Applicat
         ray_actor_options={"num_cpus": 0},
     )
     return deployment.bind(config.model_dump(mode="json"), addresses, admin_token)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Entry point for `serve run` / a RayService `import_path: router.serve_app:app_builder`.
+
+    args: `config` (path to the YAML config) and `addresses` ({model: ["host:port", ...]}) of
+    workers started elsewhere (e.g. the Kubernetes worker Deployments in cluster/workers.yaml);
+    when `addresses` is omitted, each pool's `addresses` from the config are used.
+    """
+    from router.config import load_config
+
+    config = load_config(args.get("config"))
+    addresses = args.get("addresses") or {name: list(p.addresses) for name, p in config.models.items()}
+    missing = [m for m, a in addresses.items() if not a]
+    if missing:
+        raise ValueError(f"no worker addresses for models {missing}: set models.<name>.addresses in the config "
+                         "or pass `addresses` in the application args")
+    return build_app(config, addresses)

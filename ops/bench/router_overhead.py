@@ -1,0 +1,146 @@
+"""What the router adds on top of a worker: the same greedy requests sent straight to a worker and
+through the Ray Serve router (gRPC proxy -> router replica -> worker), interleaved in one run.
+
+    python ops/bench/router_overhead.py                 # starts a worker + a router itself
+    python ops/bench/router_overhead.py --n 100 --out runs/bench/router_overhead.json
+    python ops/bench/router_overhead.py --worker 127.0.0.1:50051 --router 127.0.0.1:9000  # running ones
+
+Prints p50/p95 per path and request size, the ratio router/direct, and the added milliseconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from thinkroute.v1 import router_pb2 as rpb  # noqa: E402
+from thinkroute.v1 import router_pb2_grpc as rpb_grpc  # noqa: E402
+from thinkroute.v1 import worker_pb2 as pb  # noqa: E402
+from thinkroute.v1 import worker_pb2_grpc as pb_grpc  # noqa: E402
+
+QUESTION = "What is 12 plus 30?"
+
+
+def direct_call(stub, max_tokens: int) -> tuple[float, int]:
+    req = pb.GenerateRequest(
+        prompt=pb.Prompt(chat=pb.ChatPrompt(messages=[pb.ChatMessage(role="user", content=QUESTION)],
+                                            add_generation_prompt=True)),
+        sampling=pb.SamplingParams(max_tokens=max_tokens, stop=[]))
+    t = time.perf_counter()
+    msgs = list(stub.Generate(req, timeout=300))
+    return (time.perf_counter() - t) * 1e3, msgs[-1].final.usage.generated_tokens
+
+
+def router_call(stub, model: str, max_tokens: int) -> tuple[float, int]:
+    t = time.perf_counter()
+    resp = stub.Generate(rpb.RouteRequest(query=QUESTION, model=model, max_tokens=max_tokens),
+                         metadata=[("application", "thinkroute")], timeout=300)
+    return (time.perf_counter() - t) * 1e3, resp.trace.calls[0].generated_tokens
+
+
+def start_stack(backend: str, model: str):
+    """A worker process and a local Ray Serve router over it. Returns (worker addr, router addr, stop)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import free_port, start_worker  # the same launcher the tests use
+
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    from router.config import load_config
+    from router.serve_app import ROUTER_SERVICER, build_app
+
+    log_dir = REPO / "runs" / "bench" / "router_overhead"
+    print(f"starting a {backend} worker for {model} ...", file=sys.stderr)
+    w = start_worker(model, backend, log_dir).wait_ready()
+    config = load_config(overrides={"models": {model: {"backend": backend, "replicas": 0, "addresses": [w.address]}},
+                                    "router.default_model": model, "router.roles": {}})
+    gport = free_port()
+    print("starting Ray Serve ...", file=sys.stderr)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
+                grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=[ROUTER_SERVICER]))
+    serve.run(build_app(config, {model: [w.address]}), name="thinkroute", route_prefix="/")
+
+    def stop():
+        serve.shutdown()
+        ray.shutdown()
+        w.stop()
+
+    return w.address, f"127.0.0.1:{gport}", stop
+
+
+def pct(xs, q):
+    return float(np.percentile(np.array(xs), q))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=60, help="requests per path and size (default 60)")
+    ap.add_argument("--sizes", default="1,64", help="max_tokens values, comma-separated (default 1,64)")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
+    ap.add_argument("--worker", default=None, help="use this running worker instead of starting one")
+    ap.add_argument("--router", default=None, help="use this running router (must serve --model via --worker)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+
+    stop = lambda: None  # noqa: E731
+    if args.worker and args.router:
+        waddr, raddr = args.worker, args.router
+    else:
+        waddr, raddr, stop = start_stack(args.backend, args.model)
+    results = {}
+    try:
+        wstub = pb_grpc.WorkerStub(grpc.insecure_channel(waddr))
+        rstub = rpb_grpc.RouterStub(grpc.insecure_channel(raddr))
+        for size in [int(s) for s in args.sizes.split(",")]:
+            for _ in range(args.warmup):
+                direct_call(wstub, size)
+                router_call(rstub, args.model, size)
+            d, r = [], []
+            for i in range(args.n):  # interleaved: both paths see the same machine state
+                calls = [("d", lambda: direct_call(wstub, size)), ("r", lambda: router_call(rstub, args.model, size))]
+                if i % 2:
+                    calls.reverse()
+                for name, fn in calls:
+                    ms, n_tok = fn()
+                    (d if name == "d" else r).append(ms)
+                print(f"\r max_tokens={size}: {i + 1}/{args.n}", end="", file=sys.stderr, flush=True)
+            print(file=sys.stderr)
+            results[size] = {
+                "direct_p50_ms": pct(d, 50), "direct_p95_ms": pct(d, 95),
+                "router_p50_ms": pct(r, 50), "router_p95_ms": pct(r, 95),
+                "added_p50_ms": pct(r, 50) - pct(d, 50),
+                "median_paired_added_ms": statistics.median([b - a for a, b in zip(d, r)]),
+                "ratio_p50": pct(r, 50) / pct(d, 50),
+            }
+    finally:
+        stop()
+    print(f"\nrouter overhead, {args.model} ({args.backend}), n={args.n} per cell, interleaved\n")
+    print(f"{'max_tokens':>10} | {'direct p50':>10} {'p95':>8} | {'router p50':>10} {'p95':>8} | "
+          f"{'added p50':>9} | {'paired med':>10} | {'ratio':>6}")
+    for size, r in results.items():
+        print(f"{size:>10} | {r['direct_p50_ms']:>10.1f} {r['direct_p95_ms']:>8.1f} | {r['router_p50_ms']:>10.1f} "
+              f"{r['router_p95_ms']:>8.1f} | {r['added_p50_ms']:>9.1f} | {r['median_paired_added_ms']:>10.1f} | "
+              f"{r['ratio_p50']:>6.3f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"model": args.model, "backend": args.backend, "n": args.n,
+                                              "cpu_count": os.cpu_count(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
