@@ -8,7 +8,7 @@ Gemma 3 270M as the reasoner on vLLM (CPU), a local Ray, and a local Redis.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -91,6 +91,39 @@ class ServeConfig(_Base):
     """CPUs the local Ray may use (None = Ray's default)."""
 
 
+class TenantConfig(_Base):
+    """One tenant of the OpenAI-compatible HTTP API: how it authenticates, its default dial, its limits."""
+
+    api_key_env: str | None = None
+    """Environment variable (on the host that builds the app) holding this tenant's API key; never put keys in the repository."""
+    api_key_sha256: str | None = None
+    """Or: hex SHA-256 of the key (safe to keep in a config file). A request with `Authorization: Bearer <key>` is this tenant."""
+    dial: float | None = Field(None, ge=0, le=1)
+    """Default dial of this tenant (same as `dial.tenants.<name>`; runtime changes with `thinkroute dial set --tenant`)."""
+    requests_per_second: float = Field(0.0, ge=0)
+    """Token-bucket refill rate of the tenant's requests (0 = unlimited); over the limit: 429 with Retry-After."""
+    burst: int = Field(10, ge=1)
+    """Token-bucket size: requests the tenant may send at once before `requests_per_second` applies."""
+
+    @model_validator(mode="after")
+    def _check_digest(self) -> "TenantConfig":
+        d = self.api_key_sha256
+        if d is not None and (len(d) != 64 or any(c not in "0123456789abcdef" for c in d.lower())):
+            raise ValueError("api_key_sha256 must be 64 hex digits: `printf %s \"$KEY\" | sha256sum`")
+        return self
+
+
+class HttpConfig(_Base):
+    """The OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models, GET /health) on `serve.http_port`."""
+
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    """Tenants by name; each key maps to one tenant (see `http.tenants.<name>.*` below)."""
+    anonymous_access: Literal["loopback", "on", "off"] = "loopback"
+    """Requests without `Authorization`: `loopback` = served as `anonymous_tenant` only while no API key is configured and the client is on this host; `on` = always; `off` = never (401)."""
+    anonymous_tenant: str = "default"
+    """Tenant name of anonymous requests (its dial and limits come from `http.tenants.<this name>` when present)."""
+
+
 class RedisConfig(_Base):
     enabled: bool = True
     """Start/use Redis for the shared prefix cache."""
@@ -117,6 +150,8 @@ class Config(_Base):
     """Ray and Ray Serve."""
     redis: RedisConfig = Field(default_factory=RedisConfig)
     """The Redis server of the shared prefix cache."""
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    """The OpenAI-compatible HTTP API: tenants, API keys, rate limits."""
     policy: dict[str, Any] = Field(default_factory=dict)
     """The planning policy (probes + meta-learned policy); empty = fixed plans only."""
     run_dir: str = "runs/serve"
@@ -135,6 +170,15 @@ class Config(_Base):
         for role, model in self.router.roles.items():
             if model not in names:
                 raise ValueError(f"router.roles.{role} = {model!r} is not one of models {sorted(names)}")
+        for name, tenant in self.http.tenants.items():
+            if tenant.api_key_env is None and tenant.api_key_sha256 is None and name != self.http.anonymous_tenant:
+                raise ValueError(f"http.tenants.{name}: set api_key_env or api_key_sha256 (only the anonymous tenant "
+                                 f"{self.http.anonymous_tenant!r} may have no key)")
+            if tenant.dial is not None:
+                if name in self.dial.tenants and self.dial.tenants[name] != tenant.dial:
+                    raise ValueError(f"http.tenants.{name}.dial = {tenant.dial} disagrees with dial.tenants.{name} = "
+                                     f"{self.dial.tenants[name]}: set it in one place")
+                self.dial.tenants[name] = tenant.dial
         return self
 
 
@@ -180,4 +224,6 @@ def config_reference() -> str:
     walk(Config, "")
     out.append("\nEach entry of `models.<name>` has these fields:\n\n| key | default | meaning |\n|---|---|---|")
     walk(ModelPoolConfig, "models.<name>.")
+    out.append("\nEach entry of `http.tenants.<name>` has these fields:\n\n| key | default | meaning |\n|---|---|---|")
+    walk(TenantConfig, "http.tenants.<name>.")
     return "\n".join(out)

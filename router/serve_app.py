@@ -1,9 +1,12 @@
-"""The Ray Serve application: the router deployment and its gRPC ingress.
+"""The Ray Serve application: the router deployment and its two ingresses.
 
 `build_app(config, addresses)` returns the Application; `thinkroute serve` runs it with
 Ray Serve's gRPC proxy (`grpc_servicer_functions` = the Router servicer) so clients call
-`thinkroute.v1.Router/Generate` on `serve.grpc_port`. Each method is a thin adapter:
-proto -> RouteQuery -> RouterCore.route -> proto; RoutingError -> its gRPC status.
+`thinkroute.v1.Router/Generate` on `serve.grpc_port`, and with Ray Serve's HTTP proxy on
+`serve.http_port`, where the same deployment serves the OpenAI-compatible API
+(router/http_api.py, built per replica by `__serve_build_asgi_app__`). Both are thin adapters
+over the replica's one `RouterCore`: wire format -> RouteQuery -> RouterCore.route -> wire
+format; RoutingError -> its gRPC status / HTTP status.
 
 Dial changes (SetDial) go to a named Ray actor that every router replica re-reads in the
 background every second; the replica that receives SetDial applies it at once.
@@ -24,8 +27,10 @@ from thinkroute.v1 import router_pb2 as rpb
 
 from router.config import Config
 from router.errors import PermissionDenied, RoutingError
+from router.http_api import OpenAIFrontend, build_http_app
 from router.router_wire import query_from_pb, result_to_pb
 from router.service import RouterCore
+from router.tenants import key_digests
 
 log = logging.getLogger("thinkroute.router")
 ROUTER_SERVICER = "thinkroute.v1.router_pb2_grpc.add_RouterServicer_to_server"
@@ -58,12 +63,17 @@ def _abort(grpc_context, e: Exception) -> None:
 
 
 class RouterIngress:
-    """Router deployment: gRPC methods named after thinkroute.v1.Router's RPCs."""
+    """Router deployment: gRPC methods named after thinkroute.v1.Router's RPCs, and the OpenAI HTTP API.
 
-    def __init__(self, config: dict[str, Any], addresses: dict[str, list[str]], admin_token: str | None) -> None:
+    `api_key_digests` ({sha256(key): tenant}, from `router.tenants.key_digests`) authenticate HTTP clients.
+    """
+
+    def __init__(self, config: dict[str, Any], addresses: dict[str, list[str]], admin_token: str | None,
+                 api_key_digests: dict[str, str] | None = None) -> None:
         self.config = Config.model_validate(config)
         self.core = RouterCore(self.config, addresses, policy=_load_policy(self.config))
         self.admin_token = admin_token
+        self.http = OpenAIFrontend(self.core, self.config, api_key_digests or {})
         self._dials = DialRegistry.options(name=DIAL_ACTOR, get_if_exists=True, lifetime="detached").remote(
             self.config.dial.default, self.config.dial.tenants)
         self._refresh_task: asyncio.Task | None = None
@@ -142,6 +152,10 @@ class RouterIngress:
         stats = await self.core.pool.stats()
         return rpb.PoolStatsResponse(pools=[rpb.PoolStats(**s) for s in stats])
 
+    def __serve_build_asgi_app__(self):
+        """Called by Ray Serve once per replica, after __init__: the HTTP ingress over this replica's core."""
+        return build_http_app(self.http)
+
     async def check_health(self) -> None:
         """Ray Serve health check: the router is healthy while its config loads (workers have their own)."""
 
@@ -158,14 +172,15 @@ def _load_policy(config: Config):
 def build_app(config: Config, addresses: dict[str, list[str]]) -> serve.Application:
     """The router Application for `serve.run`, configured by `config` with these worker addresses."""
     admin_token = os.environ.get(config.serve.admin_token_env) or None
+    digests = key_digests(config.http)  # keys are read here, from the environment; only digests travel
     deployment = serve.deployment(
-        RouterIngress,
+        serve.ingress()(RouterIngress),
         name="router",
         num_replicas=config.serve.router_replicas,
         max_ongoing_requests=config.serve.max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
     )
-    return deployment.bind(config.model_dump(mode="json"), addresses, admin_token)
+    return deployment.bind(config.model_dump(mode="json"), addresses, admin_token, digests)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -6,7 +6,9 @@ What it does, per call of the `Engine` contract (workers/engine.py):
   (`TokensPrompt`) so this backend and `hf` see identical ids. vLLM streams text deltas
   (`RequestOutputKind.DELTA`) and already holds back text that could still become a stop
   string and cuts the stop string out of the text (`include_stop_str_in_output=False`),
-  which is the contract. Closing the iterator early (client cancelled, deadline passed)
+  which is the contract. `cached_prompt_tokens` is vLLM's `num_cached_tokens` (whole blocks:
+  128 tokens on CPU; local prefix cache and KV-connector hits together, since `RequestOutput`
+  does not split them, so `remote_cached_prompt_tokens` stays 0). Closing the iterator early (client cancelled, deadline passed)
   calls `AsyncLLM.abort(request_id)` at once: the request leaves the scheduler at its next
   step and its KV blocks are freed.
 - `score`: one prefill of prompt+continuation with `max_tokens=1` (greedy):

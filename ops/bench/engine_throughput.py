@@ -46,6 +46,19 @@ def _pss_mib() -> float:
     return total / 2**20
 
 
+def _rss_mib() -> float:
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total / 2**20
+
+
 def _prompts(tokenizer, n: int, chat: bool, bos: int | None) -> list[list[int]]:
     out = []
     for i in range(n):
@@ -108,12 +121,12 @@ async def run(args) -> dict:
 
     levels = [int(c) for c in args.concurrency.split(",")]
     report = {"command": " ".join(sys.argv), "max_tokens": args.max_tokens, "models": {}, "cpu_count": os.cpu_count()}
-    engines = []
+    started = []  # (model, vllm engine, its hf HiddenState engine)
     base_pss = _pss_mib()
+    # 1) Start everything first: start times and memory survive a throughput run cut short.
     for model in args.models.split(","):
         cfg = EngineConfig(model=model, backend="vllm", kv_cache_gib=args.kv_cache_gib, max_num_seqs=max(levels))
         vllm_engine = make_engine(cfg)
-        engines.append(vllm_engine)
         before = _pss_mib()
         t0 = time.perf_counter()
         await vllm_engine.start()
@@ -123,6 +136,7 @@ async def run(args) -> dict:
         hf = await vllm_engine.hf_engine()
         hf_load_s = time.perf_counter() - t0
         after_hf = _pss_mib()
+        started.append((model, vllm_engine, hf))
         entry = {
             "vllm_start_s": round(start_s, 1), "hf_load_s": round(hf_load_s, 1),
             "vllm_engine_pss_mib": round(after_vllm - before), "hf_model_pss_mib": round(after_hf - after_vllm),
@@ -132,8 +146,17 @@ async def run(args) -> dict:
         _save(args.out, report)
         print(f"{model}: vllm start {start_s:.1f} s (+{entry['vllm_engine_pss_mib']} MiB PSS), "
               f"hf load {hf_load_s:.1f} s (+{entry['hf_model_pss_mib']} MiB)", flush=True)
+    report["total_worker_pss_mib"] = round(_pss_mib() - base_pss)
+    report["process_pss_mib_all_up"] = round(_pss_mib())
+    report["process_rss_mib_all_up"] = round(_rss_mib())
+    _save(args.out, report)
+    print(f"all engines up: PSS {report['total_worker_pss_mib']} MiB above the bare process, "
+          f"RSS {report['process_rss_mib_all_up']} MiB (process tree)", flush=True)
+    # 2) Throughput, hf vs vllm, same prompts.
+    for model, vllm_engine, hf in started:
         if model not in args.throughput_models.split(","):
             continue
+        entry = report["models"][model]
         tok = vllm_engine._tokenizer
         bos = tok.bos_token_id if vllm_engine.spec.prepend_bos else None
         prompts = _prompts(tok, max(max(levels), args.min_requests), vllm_engine.spec.chat, bos)
@@ -150,10 +173,9 @@ async def run(args) -> dict:
                       f"p95 {r['p95_s']:.2f} s  ({r['requests']} req, {r['output_tokens']} tok, {r['wall_s']:.1f} s)",
                       flush=True)
         entry["score"] = await _score_timing(vllm_engine, prompts[0], 5)
+        _save(args.out, report)
         print(f"  score: {entry['score']}", flush=True)
-    report["total_worker_pss_mib"] = round(_pss_mib() - base_pss)
-    report["process_pss_mib_all_up"] = round(_pss_mib())
-    for e in engines:
+    for _, e, _ in started:
         await e.shutdown()
     return report
 
@@ -195,7 +217,7 @@ def main() -> None:
     print()
     print(_table(report))
     print(f"\nall engines up: worker PSS {report['total_worker_pss_mib']} MiB above the bare process "
-          f"({report['process_pss_mib_all_up']} MiB in all)")
+          f"({report['process_pss_mib_all_up']} MiB PSS, {report['process_rss_mib_all_up']} MiB RSS in all)")
     if args.out:
         _save(args.out, report)
         print(f"wrote {args.out}")

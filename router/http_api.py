@@ -1,0 +1,427 @@
+"""The OpenAI-compatible HTTP API: POST /v1/chat/completions, GET /v1/models, GET /health.
+
+A thin adapter, like the gRPC methods in router/serve_app.py: OpenAI JSON -> RouteQuery ->
+`RouterCore.route` (the one request path) -> OpenAI JSON. `RouterIngress` builds this app in each
+replica (`build_http_app(OpenAIFrontend(...))`), so both ingresses share one `RouterCore`.
+
+Model names select the routing (see `parse_model_name`, docs/openai_api.md):
+    thinkroute              the policy / default plan with the tenant's default dial
+    thinkroute:dial=0.2     the same with this dial
+    <model>                 `direct` on that model pool (e.g. smollm2-135m)
+    strategy/<name>         that strategy (e.g. strategy/specreason)
+Per-request overrides come in the body's `thinkroute` object (`extra_body` in the openai client):
+{dial, strategy, max_cost, max_latency_ms, options, trace}.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from router.config import Config
+from router.errors import RoutingError
+from router.strategies import get_strategy, strategy_names
+from router.tenants import Authenticator, AuthError, RateLimits
+from router.types import RouteQuery, RouteResult
+from workers.types import ChatMessage
+
+log = logging.getLogger("thinkroute.http")
+
+POLICY_MODEL = "thinkroute"
+STRATEGY_PREFIX = "strategy/"
+PLAN_HEADER = "x-thinkroute-plan"
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
+                504: "timeout"}
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": _ERROR_TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+    @classmethod
+    def from_routing(cls, e: RoutingError) -> "ApiError":
+        code = {"NOT_FOUND": "model_not_found" if "model" in str(e) else "not_found"}.get(e.grpc_code, e.grpc_code.lower())
+        return cls(e.http_status, str(e), code=code)
+
+
+# -- tool calls --------------------------------------------------------------------------------
+class ToolCallFormat(Protocol):
+    """How one model family is told about tools and how its tool calls are read back from its text."""
+
+    def matches(self, model_id: str) -> bool: ...
+    def render(self, tools: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]: ...  # chat-template kwargs
+    def parse(self, text: str) -> list[dict[str, Any]]: ...                                # OpenAI tool_calls
+
+
+#: Families with a known tool-call format. SmolLM2-135M and Gemma 3 270M (base) have none, so a
+#: request with `tools` is refused (400) naming the model; add a family's format here to allow it.
+TOOL_CALL_FORMATS: dict[str, ToolCallFormat] = {}
+
+
+def tool_format(model_id: str) -> ToolCallFormat | None:
+    return next((f for f in TOOL_CALL_FORMATS.values() if f.matches(model_id)), None)
+
+
+# -- request models ----------------------------------------------------------------------------
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ThinkrouteOptions(BaseModel):
+    """The `thinkroute` extension object in the request body."""
+
+    model_config = ConfigDict(extra="forbid")
+    dial: float | None = Field(None, ge=0, le=1)
+    strategy: str | None = None
+    max_cost: float = Field(0.0, ge=0)
+    max_latency_ms: float = Field(0.0, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+    trace: bool = False
+
+
+class ChatCompletionRequest(_Lenient):
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    logprobs: bool | None = None
+    response_format: dict[str, Any] | None = None
+    thinkroute: ThinkrouteOptions = Field(default_factory=ThinkrouteOptions)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a model name asks for."""
+
+    strategy: str | None = None
+    model: str | None = None
+    dial: float | None = None
+
+
+def parse_model_name(name: str, config: Config) -> Target:
+    """`thinkroute`, `thinkroute:dial=X`, a model pool name, or `strategy/<name>`; ApiError 404 otherwise."""
+    if name == POLICY_MODEL:
+        return Target()
+    if name.startswith(POLICY_MODEL + ":"):
+        key, _, value = name[len(POLICY_MODEL) + 1:].partition("=")
+        try:
+            dial = float(value) if key == "dial" else None
+        except ValueError:
+            dial = None
+        if dial is None or not 0 <= dial <= 1:
+            raise ApiError(400, f"model {name!r}: write the dial as `thinkroute:dial=<number in [0, 1]>`, "
+                                "e.g. thinkroute:dial=0.2", param="model", code="invalid_model")
+        return Target(dial=dial)
+    if name in config.models:
+        return Target(model=name)
+    if name.startswith(STRATEGY_PREFIX) and name[len(STRATEGY_PREFIX):] in strategy_names():
+        return Target(strategy=name[len(STRATEGY_PREFIX):])
+    raise ApiError(404, f"unknown model {name!r}; available models are {model_names(config)} "
+                        "(and thinkroute:dial=<0..1>)", param="model", code="model_not_found")
+
+
+def model_names(config: Config) -> list[str]:
+    """Every model name the API accepts, except the continuous `thinkroute:dial=X` family."""
+    return [POLICY_MODEL, *config.models, *(STRATEGY_PREFIX + s for s in strategy_names())]
+
+
+def to_route_query(req: ChatCompletionRequest, target: Target, tenant: str, request_id: str | None = None) -> RouteQuery:
+    """OpenAI request -> RouteQuery (the same type the gRPC ingress builds). Raises ApiError 400."""
+    if req.n != 1:
+        raise ApiError(400, f"n = {req.n}: this router returns one choice per request; send n=1 (or omit it)",
+                       param="n", code="unsupported_value")
+    if req.logprobs:
+        raise ApiError(400, "logprobs are not supported by this endpoint; omit `logprobs`", param="logprobs",
+                       code="unsupported_value")
+    if req.response_format and req.response_format.get("type", "text") != "text":
+        raise ApiError(400, f"response_format {req.response_format.get('type')!r} is not supported; "
+                            "only {\"type\": \"text\"}", param="response_format", code="unsupported_value")
+    ext = req.thinkroute
+    if ext.strategy and target.strategy and ext.strategy != target.strategy:
+        raise ApiError(400, f"model {req.model!r} and thinkroute.strategy {ext.strategy!r} disagree: name the "
+                            "strategy in one place", param="thinkroute.strategy")
+    messages = []
+    for i, m in enumerate(req.messages):
+        if m.role in ("tool", "function"):
+            raise ApiError(400, f"messages[{i}] has role {m.role!r}: tool results need tool-call support, which no "
+                                "model served here has (see `tools`)", param=f"messages.{i}.role",
+                           code="unsupported_value")
+        messages.append(ChatMessage("system" if m.role == "developer" else m.role, m.text()))
+    q = RouteQuery(
+        messages=messages, strategy=ext.strategy or target.strategy, model=target.model, options=dict(ext.options),
+        max_tokens=req.max_completion_tokens or req.max_tokens or 0,
+        temperature=req.temperature if req.temperature is not None else 0.0,
+        top_p=req.top_p if req.top_p is not None else 1.0, seed=req.seed, stop=list(req.stop or []),
+        dial=ext.dial if ext.dial is not None else target.dial, tenant=tenant,
+        max_cost=ext.max_cost, max_latency_ms=ext.max_latency_ms,
+    )
+    if request_id:
+        q.request_id = request_id
+    return q
+
+
+def check_tools(req: ChatCompletionRequest, query: RouteQuery, config: Config) -> None:
+    """Refuse `tools` unless every model the request may reach has a registered tool-call format."""
+    if not req.tools:
+        return
+    if query.model:
+        pools = [query.model]
+    elif query.strategy:
+        cls = get_strategy(query.strategy)
+        pools = ([config.router.default_model] if cls.roles == ("model",)
+                 else [config.router.roles[r] for r in cls.roles if r in config.router.roles])
+    else:
+        pools = list(dict.fromkeys([config.router.default_model, *config.router.roles.values()]))
+    without = [p for p in pools if tool_format(config.models[p].model) is None]
+    if without:
+        raise ApiError(400, f"model {without[0]!r} has no tool-call support here (no tool-call format is registered "
+                            f"for its family; requests to {req.model!r} may reach {pools}); send the request without "
+                            "`tools`", param="tools", code="tools_not_supported")
+    # NOTE: a registered format would render `tools` via the chat template and parse tool calls back here.
+    raise ApiError(400, "tool calls are not wired for this model family yet", param="tools",
+                   code="tools_not_supported")
+
+
+# -- responses ---------------------------------------------------------------------------------
+def usage_from_trace(trace: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI usage summed over every model call of the trace (all models, all steps)."""
+    per = trace.get("usage", [])
+    prompt = sum(u.get("prompt_tokens", 0) for u in per)
+    completion = sum(u.get("generated_tokens", 0) for u in per)
+    cached = sum(u.get("cached_prompt_tokens", 0) for u in per)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def plan_summary(trace: dict[str, Any]) -> str:
+    """`direct smollm2-135m`, `specreason large=gemma3-270m small=smollm2-135m`."""
+    plan = trace.get("plan", {})
+    models = plan.get("models", {})
+    if list(models) == ["model"]:
+        return f"{plan.get('strategy', '')} {models['model']}"
+    return " ".join([plan.get("strategy", ""), *(f"{r}={m}" for r, m in sorted(models.items()))])
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def completion_body(result: RouteResult, model: str, created: int, trace: bool) -> dict[str, Any]:
+    body = {
+        "id": f"chatcmpl-{result.request_id}", "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                     "finish_reason": _finish(result.finish_reason), "logprobs": None}],
+        "usage": usage_from_trace(result.trace), "system_fingerprint": None,
+    }
+    if trace:
+        body["thinkroute_trace"] = result.trace
+    return body
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class OpenAIFrontend:
+    """The OpenAI API over one RouterCore (anything with `route(query, emit=None)`, `config`, `pool`)."""
+
+    def __init__(self, core, config: Config, digests: dict[str, str], clock=time.monotonic) -> None:
+        self.core, self.config = core, config
+        self.auth = Authenticator(config.http, digests)
+        self.limits = RateLimits(config.http, clock)
+
+    def _tenant(self, request: Request) -> str:
+        try:
+            return self.auth.authenticate(request.headers.get("authorization"),
+                                          request.client.host if request.client else None)
+        except AuthError as e:
+            raise ApiError(401, str(e), code="invalid_api_key", headers={"www-authenticate": "Bearer"}) from e
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            tenant = self._tenant(request)
+            wait = self.limits.take(tenant)
+            if wait > 0:
+                retry = max(1, int(wait + 0.999))
+                raise ApiError(429, f"tenant {tenant!r} is over its rate limit (http.tenants.{tenant}."
+                                    f"requests_per_second); retry in {retry} s", code="rate_limit_exceeded",
+                               headers={"retry-after": str(retry)})
+            req = _parse(await request.body())
+            query = to_route_query(req, parse_model_name(req.model, self.config), tenant,
+                                   request.headers.get("x-request-id"))
+            check_tools(req, query, self.config)
+            if req.stream:
+                return await self._stream(req, query)
+            result = await self.core.route(query)
+        except ApiError as e:
+            return e.response()
+        except RoutingError as e:
+            return ApiError.from_routing(e).response()
+        body = completion_body(result, req.model, int(time.time()), req.thinkroute.trace)
+        return JSONResponse(body, headers={PLAN_HEADER: plan_summary(result.trace),
+                                           "x-request-id": result.request_id})
+
+    async def _stream(self, req: ChatCompletionRequest, query: RouteQuery) -> Response:
+        """SSE chunks; errors before the first delta are answered as plain JSON errors with their status."""
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        async def run() -> RouteResult:
+            try:
+                return await self.core.route(query, emit=queue.put)
+            finally:
+                queue.put_nowait(done)
+
+        task = asyncio.get_running_loop().create_task(run())
+        first = await queue.get()
+        if first is done:
+            try:
+                await task
+            except RoutingError as e:
+                raise ApiError.from_routing(e) from e
+        head = {"id": f"chatcmpl-{query.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": req.model}
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(delta: dict, finish: str | None = None, **more) -> bytes:
+            return _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                                              "logprobs": None}], **extra, **more})
+
+        async def events():
+            item = first
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                while item is not done:
+                    yield chunk({"content": item})
+                    item = await queue.get()
+                try:
+                    result = await task
+                except RoutingError as e:
+                    yield _sse(ApiError.from_routing(e).body())
+                    yield b"data: [DONE]\n\n"
+                    return
+                more = {"thinkroute_plan": plan_summary(result.trace)}
+                if req.thinkroute.trace:
+                    more["thinkroute_trace"] = result.trace
+                yield chunk({}, _finish(result.finish_reason), **more)
+                if include_usage:
+                    yield _sse({**head, "choices": [], "usage": usage_from_trace(result.trace)})
+                yield b"data: [DONE]\n\n"
+            finally:
+                if not task.done():
+                    task.cancel()  # the client went away: stop the model calls
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-request-id": query.request_id})
+
+    async def list_models(self, request: Request) -> Response:
+        try:
+            self._tenant(request)
+        except ApiError as e:
+            return e.response()
+        created = int(time.time())
+        kinds = {POLICY_MODEL: "policy", **{m: "model" for m in self.config.models}}
+        data = [{"id": n, "object": "model", "created": created, "owned_by": "thinkroute",
+                 "thinkroute": {"kind": kinds.get(n, "strategy")}} for n in model_names(self.config)]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(self) -> Response:
+        stats = await self.core.pool.stats()
+        pools = {s["model"]: {"replicas": s["replicas"], "healthy_replicas": s["healthy_replicas"]} for s in stats}
+        serving = any(p["healthy_replicas"] for p in pools.values())
+        status = "ok" if all(p["healthy_replicas"] for p in pools.values()) else ("degraded" if serving else "unavailable")
+        return JSONResponse({"status": status, "pools": pools}, status_code=200 if serving else 503)
+
+
+def _parse(raw: bytes) -> ChatCompletionRequest:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from e
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+        raise ApiError(400, f"{param}: {err['msg']}{more}", param=param, code="invalid_value") from e
+
+
+def build_http_app(frontend: OpenAIFrontend) -> FastAPI:
+    """The FastAPI app `RouterIngress` serves on Ray Serve's HTTP proxy (and unit tests serve directly)."""
+    app = FastAPI(title="thinkroute OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> Response:
+        return e.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, e: StarletteHTTPException) -> Response:
+        return ApiError(e.status_code, f"{e.detail}: this server answers POST /v1/chat/completions, GET /v1/models, "
+                                       "GET /health", code="not_found").response()
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, e: Exception) -> Response:
+        log.exception("unhandled error in the HTTP API")
+        return ApiError(500, f"internal error: {type(e).__name__}: {e}", code="internal").response()
+
+    app.add_api_route("/v1/chat/completions", frontend.chat_completions, methods=["POST"])
+    app.add_api_route("/v1/models", frontend.list_models, methods=["GET"])
+    app.add_api_route("/health", frontend.health, methods=["GET"])
+    return app
