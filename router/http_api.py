@@ -61,7 +61,8 @@ class ApiError(Exception):
     @classmethod
     def from_routing(cls, e: RoutingError) -> "ApiError":
         code = {"NOT_FOUND": "model_not_found" if "model" in str(e) else "not_found"}.get(e.grpc_code, e.grpc_code.lower())
-        return cls(e.http_status, str(e), code=code)
+        return cls(e.http_status, str(e), code=code,
+                   headers={"retry-after": "1"} if e.http_status in (429, 503) else None)
 
 
 # -- tool calls --------------------------------------------------------------------------------
@@ -127,8 +128,8 @@ class ChatCompletionRequest(_Lenient):
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(1, ge=1)
-    stream: bool = False
+    n: int | None = Field(None, ge=1)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
@@ -180,7 +181,7 @@ def model_names(config: Config) -> list[str]:
 
 def to_route_query(req: ChatCompletionRequest, target: Target, tenant: str, request_id: str | None = None) -> RouteQuery:
     """OpenAI request -> RouteQuery (the same type the gRPC ingress builds). Raises ApiError 400."""
-    if req.n != 1:
+    if (req.n or 1) != 1:
         raise ApiError(400, f"n = {req.n}: this router returns one choice per request; send n=1 (or omit it)",
                        param="n", code="unsupported_value")
     if req.logprobs:

@@ -180,6 +180,9 @@ class LocalCluster:
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         redis_url = self.start_redis()
+        for scorer in self.config.router.scorers:  # the prefix scorer reads the index on the same Redis
+            if scorer.name == "prefix" and redis_url and not scorer.params.get("redis_url"):
+                scorer.params["redis_url"] = redis_url
         self.start_workers(redis_url)
         self.start_router()
 

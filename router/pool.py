@@ -37,6 +37,7 @@ class Replica:
     client: WorkerClient
     inflight: int = 0
     down_until: float = 0.0
+    replica_id: str = ""
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=512))
 
 
@@ -76,6 +77,7 @@ class WorkerPool:
         request = PickRequest(model=model, inflight={r.address: r.inflight for r in candidates})
         if prompt is not None and any(s.needs_prompt_ids for s, _ in self.scorers):
             request.prompt_ids = await self.tokenize(model, prompt, deadline=deadline or time.monotonic() + 10)
+            request.extra["replica_ids"] = {r.address: await self._replica_id(r) for r in candidates}
         totals = {r.address: 0.0 for r in candidates}
         for scorer, weight in self.scorers:
             for address, s in scorer.score(list(totals), request).items():
@@ -83,6 +85,15 @@ class WorkerPool:
         best = max(totals.values())
         winners = [r for r in candidates if totals[r.address] == best]
         return random.choice(winners)
+
+    async def _replica_id(self, replica: Replica) -> str:
+        """The worker's own replica id (what its KV connector writes into the prefix index)."""
+        if not replica.replica_id:
+            try:
+                replica.replica_id = (await replica.client.info(timeout=2.0)).replica_id or replica.address
+            except grpc.aio.AioRpcError:
+                return replica.address
+        return replica.replica_id
 
     def _mark_down(self, replica: Replica) -> None:
         replica.down_until = time.monotonic() + self.down_cooldown_s

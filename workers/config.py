@@ -38,11 +38,12 @@ class EngineConfig(BaseModel):
     """Requests waiting beyond max_num_seqs before the worker answers RESOURCE_EXHAUSTED."""
     hidden_state_backend: Literal["hf"] = "hf"
     """Who serves HiddenState: an hf model on the same weights, in the worker process."""
-    kv_connector: dict | None = None
-    """vLLM kv_transfer_config (e.g. the Redis prefix-cache connector); None = local prefix cache only."""
+    kv_connector: dict | Literal["redis"] | None = None
+    """Shared prefix cache: `redis` = the Redis KV connector on the router's Redis (filled in by `thinkroute
+    serve`), a full vLLM kv_transfer_config dict, or None = each engine's local prefix cache only."""
 
     @model_validator(mode="after")
     def _check(self) -> "EngineConfig":
-        if self.device == "cuda" and self.dtype == "float32" and self.backend == "vllm":
-            pass  # allowed, just slow
+        if self.kv_connector is not None and self.backend != "vllm":
+            raise ValueError(f"kv_connector needs backend vllm (got backend {self.backend!r})")
         return self

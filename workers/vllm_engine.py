@@ -252,7 +252,8 @@ class VllmEngine(Engine):
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if not self.healthy():
-            raise EngineDead(f"{self.spec.name}: the vLLM engine has stopped ({self._dead!r}); the worker must restart")
+            cause = repr(self._dead) if self._dead is not None else "its engine-core process exited"
+            raise EngineDead(f"{self.spec.name}: the vLLM engine has stopped ({cause}); the worker must restart")
         try:
             async with contextlib.aclosing(self._llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id)) as outs:
                 async for out in outs:

@@ -41,11 +41,53 @@ class LeastLoadScorer:
         return {r: max(0.0, 1.0 - request.inflight.get(r, 0) / self.saturation) for r in replicas}
 
 
+class PoolPrefixScorer:
+    """Adapts `router.scorers.prefix.PrefixAffinityScorer` (Redis prefix index, tracker issue 8) to the
+    pool: one namespace per model (it must equal the workers' KV-connector namespace), replica ids
+    (what the connectors write into the index) mapped from the pool's addresses.
+
+    NOTE: the index read is one pipelined round trip to Redis on the request path, synchronous,
+    with the store's short socket timeout; Redis down makes it a fast miss (load-only scoring).
+    It only runs when a model has two or more candidate replicas.
+    """
+
+    name = "prefix"
+    needs_prompt_ids = True
+
+    def __init__(self, redis_url: str | None = None, block_size: int = 128, dtype: str = "float32",
+                 layout: str = "cpu:blocks-first", **knobs) -> None:
+        from router.scorers.prefix import PrefixScorerConfig
+
+        self.redis_url, self.block_size, self.dtype, self.layout = redis_url, block_size, dtype, layout
+        self.knobs = PrefixScorerConfig(**knobs)
+        self._scorers: dict[str, object] = {}
+
+    def _scorer(self, model: str):
+        if model not in self._scorers:
+            from router.scorers.prefix import PrefixAffinityScorer
+            from workers.kv.index import PrefixIndex
+            from workers.kv.keys import Namespace
+            from workers.kv.store import RedisStore, StoreConfig
+
+            ns = Namespace(model_id=model, dtype=self.dtype, block_size=self.block_size, layout=self.layout)
+            index = PrefixIndex(RedisStore(StoreConfig(url=self.redis_url, socket_timeout_s=0.05)), ns)
+            self._scorers[model] = PrefixAffinityScorer(index, ns, self.knobs)
+        return self._scorers[model]
+
+    def score(self, replicas: list[str], request: PickRequest) -> dict[str, float]:
+        ids = request.extra.get("replica_ids", {})
+        if not self.redis_url or request.prompt_ids is None or not ids:
+            return {r: 0.0 for r in replicas}
+        by_id = {ids.get(r, r): r for r in replicas}
+        loads = {ids.get(r, r): n for r, n in request.inflight.items()}
+        scores = self._scorer(request.model).score(list(by_id), request.prompt_ids, loads)
+        return {by_id[rid]: s for rid, s in scores.items()}
+
+
 def build_scorer(name: str, params: dict) -> ReplicaScorer:
+    """The scorer named in config (`router.scorers[].name`) with its `params`."""
     if name == "load":
         return LeastLoadScorer(**params)
     if name == "prefix":
-        from router.scorers.prefix import PrefixAffinityScorer  # Redis prefix index (tracker issue 8)
-
-        return PrefixAffinityScorer(**params)
+        return PoolPrefixScorer(**params)
     raise ValueError(f"unknown replica scorer {name!r}; available scorers are ['load', 'prefix']")
