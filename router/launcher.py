@@ -64,7 +64,10 @@ class WorkerProcess:
         return self.log_path.with_suffix(".ready").exists()
 
     def stop(self, grace_s: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            self.reap()
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -72,6 +75,14 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        self.reap()
+
+    def reap(self) -> None:
+        """Kill what is left of the worker's process group (a vLLM engine core outliving its parent)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 @dataclass
@@ -154,6 +165,7 @@ class LocalCluster:
                     w.restarts += 1
                     say(f"worker {w.model}#{w.index} exited with code {w.proc.returncode}; restarting "
                         f"(restart {w.restarts}) on {w.address}")
+                    w.reap()
                     w.start()
             time.sleep(1.0)
 

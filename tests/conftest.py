@@ -59,6 +59,7 @@ class WorkerHandle:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        _reap_group(self.proc.pid)
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (drain), then SIGKILL if it does not exit in time. Returns the exit code."""
@@ -69,7 +70,16 @@ class WorkerHandle:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        _reap_group(self.proc.pid)
         return self.proc.returncode
+
+
+def _reap_group(pgid: int) -> None:
+    """Kill what is left of a worker's process group (e.g. a vLLM engine core whose parent died)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def start_worker(model: str, backend: str, log_dir: Path, *extra: str, port: int | None = None) -> WorkerHandle:

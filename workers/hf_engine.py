@@ -97,8 +97,17 @@ class HfEngine(Engine):
             # releases the model lock; nothing else to wait for here.
             cancel.set()
 
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        """Same guard as the vllm backend: a `prepend_bos` model (Gemma 3) always sees <bos> first."""
+        bos = self.tokenizer.bos_token_id
+        if self.spec.prepend_bos and bos is not None and (not ids or ids[0] != bos):
+            return [bos, *ids]
+        return list(ids)
+
     def _generate_sync(self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event, put) -> None:
         import torch
+
+        prompt_ids = self._with_bos(prompt_ids)
 
         try:
             with self._lock, torch.inference_mode():
@@ -164,6 +173,7 @@ class HfEngine(Engine):
     def score_sync(self, prompt_ids, continuation_ids, top_k, candidate_ids) -> ScoreResult:
         import torch
 
+        prompt_ids = self._with_bos(prompt_ids)
         ids = list(prompt_ids) + list(continuation_ids)
         with self._lock, torch.inference_mode():
             logits = self.model(input_ids=torch.tensor([ids], device=self.cfg.device)).logits[0].float()
@@ -192,7 +202,7 @@ class HfEngine(Engine):
         resolved = resolve_layers(layers, n_layers)
         results = []
         with self._lock, torch.inference_mode():
-            for ids in prompts:
+            for ids in map(self._with_bos, prompts):
                 out = self.model(input_ids=torch.tensor([ids], device=self.cfg.device), output_hidden_states=True)
                 hs = out.hidden_states  # n_layers + 1 tensors [1, T, H]; the last is after the final norm
                 rows = []

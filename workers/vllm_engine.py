@@ -231,6 +231,9 @@ class VllmEngine(Engine):
                         prompt_tokens=len(ids),
                         generated_tokens=generated,
                         cached_prompt_tokens=cached,
+                        # The Redis KV connector (workers/kv) reports its share of the cached tokens here.
+                        remote_cached_prompt_tokens=int((out.kv_transfer_params or {}).get(
+                            "remote_cached_prompt_tokens", 0)),
                         stop_string=comp.stop_reason if isinstance(comp.stop_reason, str) else "",
                         time_to_first_token_ms=ttft_ms,
                         total_time_ms=(time.perf_counter() - t0) * 1e3,

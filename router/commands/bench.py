@@ -160,7 +160,7 @@ async def run_one(pool, arm: Arm, question: dict[str, str], max_tokens: int, tim
         "prompt_tokens": {u["model"]: u["prompt_tokens"] for u in trace.usage()},
         "acceptance_rate": details.get("specreason", {}).get("acceptance_rate"),
         "takeovers": details.get("specthink", {}).get("takeover_count"),
-        "error": error, "text": text,
+        "error": error, "text": text, "details": details,
     }
 
 

@@ -93,7 +93,7 @@ def test_sync_client_answer_equals_grpc_with_usage_plan_and_trace(stack, client)
 def test_usage_sums_every_model_call_of_a_pair_strategy(client):
     raw = client.chat.completions.with_raw_response.create(
         model="strategy/cothink", messages=[{"role": "user", "content": QUESTION}], max_tokens=8,
-        extra_body={"thinkroute": {"trace": True}})
+        extra_body={"thinkroute": {"trace": True, "options": {"outline_tokens": 8}}})
     resp = raw.parse()
     trace = resp.model_extra["thinkroute_trace"]
     assert len({c["model"] for c in trace["calls"]}) == 2
