@@ -173,8 +173,25 @@ def gemma3_dir() -> Path:
     return materialize(resolve_model("gemma3-270m"))
 
 
+#: Integration modules that start their own engines run first, each releasing them at its end,
+#: before the shared WorkerFarm starts: peak memory stays within a 24 GiB machine.
+_RUN_FIRST = ("test_vllm_engine.py", "test_redis_kv.py")
+
+
+def _order(item) -> tuple[int, int]:
+    path = str(item.fspath)
+    if "/unit/" in path:
+        return (0, 0)
+    for i, name in enumerate(_RUN_FIRST):
+        if path.endswith(name):
+            return (1, i)
+    return (2, 0)
+
+
 def pytest_collection_modifyitems(config, items):
-    """GPU tests are skipped, visibly, when no CUDA device is present."""
+    """Unit tests first, then self-contained integration modules, then the shared-worker ones.
+    GPU tests are skipped, visibly, when no CUDA device is present."""
+    items.sort(key=_order)  # stable: order within a module is kept
     try:
         import torch
 

@@ -45,7 +45,7 @@ def _writer_main(model_dir: str, redis_url: str, prompts_file: str) -> None:
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def model_dir() -> str:
     from workers.convert import materialize
     from workers.models import resolve_model
@@ -53,7 +53,7 @@ def model_dir() -> str:
     return str(materialize(resolve_model("smollm2-135m")))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_srv(tmp_path_factory):
     from router.redis_server import RedisServer, free_port
 
@@ -63,7 +63,7 @@ def redis_srv(tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def llm(model_dir, redis_srv):
     from vllm import LLM
 
@@ -88,19 +88,19 @@ def llm(model_dir, redis_srv):
     del engine
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def conn(llm):
     from workers.kv.connector import INSTANCES
 
     return INSTANCES["scheduler"], INSTANCES["worker"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tok(llm):
     return llm.get_tokenizer()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefix_ids(tok) -> list[int]:
     """5 exemplars of GSM8K: a few-shot prefix of 4+ full 128-token blocks."""
     rows = [json.loads(l) for l in (GSM8K / "train.jsonl").read_text().splitlines()[:5]]

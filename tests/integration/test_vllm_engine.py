@@ -14,7 +14,7 @@ import time
 import pytest
 import pytest_asyncio
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm")
@@ -63,7 +63,7 @@ async def _run(engine, request_id: str, ids: list[int], sampling: Sampling):
     return chunks, text, token_ids, chunks[-1].final
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engines():
     # Gemma's tests use short prompts only; the seeded long-prompt test runs on SmolLM2.
     lengths = {"smollm2-135m": 2048, "gemma3-270m": 1024}
@@ -75,7 +75,7 @@ async def engines():
     await asyncio.gather(*(e.shutdown() for e in built.values()))
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def references(engines):
     """model -> the transformers model on the same weights (loaded through HiddenState's path)."""
     return {m: (await e.hf_engine()).model for m, e in engines.items()}
