@@ -247,8 +247,16 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
     await engine.start(_progress)
     renderer = PromptRenderer(AutoTokenizer.from_pretrained(model_dir), chat=spec.chat, prepend_bos=spec.prepend_bos)
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                      ("grpc.max_send_message_length", 64 << 20)])
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+        # NOTE: router clients ping idle channels (router/worker_client.py CHANNEL_OPTIONS) to notice a dead
+        # worker fast; with gRPC's default policy the server would answer those pings with GOAWAY
+        # "too_many_pings" after ~30 s idle and fail the next call with UNAVAILABLE.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ])
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
     servicer = WorkerServicer(engine, renderer, cfg, replica_id, health_servicer)

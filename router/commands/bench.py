@@ -212,16 +212,8 @@ async def bench(addresses: dict[str, list[str]], arms: list[Arm], questions: lis
                 max_wall: float = 0.0) -> tuple[list[dict], list[dict]]:
     from tqdm import tqdm
 
-    from router import worker_client
     from router.pool import WorkerPool
 
-    # NOTE(strategies bench): the worker server keeps gRPC's default ping policy (at most one ping
-    # per 5 min without calls), while the client pings every 10 s even when idle; a channel idle for
-    # ~30 s (the small model during a `direct-large` run) then gets GOAWAY "too_many_pings" and the
-    # next call fails. Until server and client agree, the bench's channels do not ping while idle.
-    worker_client.CHANNEL_OPTIONS = [(k, v) for k, v in worker_client.CHANNEL_OPTIONS
-                                     if k != "grpc.keepalive_permit_without_calls"] + [
-        ("grpc.keepalive_permit_without_calls", 0)]
     pool = WorkerPool(addresses)
     bar = tqdm(total=len(questions) * len(arms), desc="bench strategies", unit="run", file=sys.stderr)
     records: list[dict[str, Any]] = []

@@ -403,8 +403,9 @@ def meta_experiment(cfg: RoutingEvalConfig, data: Outcomes, X: np.ndarray, spec:
     summary = {}
     for key in keys:
         for metric in ("area", "apgr"):
-            per_fold = [np.mean([r[key][metric] for r in rec if r["fold"] == f]) for f in range(len(folds)) if any(r["fold"] == f for r in rec)]
-            summary[f"{key}.{metric}"] = {"mean": float(np.mean([r[key][metric] for r in rec])), "fold_std": float(np.std(per_fold)), "per_fold": [float(x) for x in per_fold]}
+            # nanmean: APGR is undefined on a draw where both systems score the same on the eval rows
+            per_fold = [np.nanmean([r[key][metric] for r in rec if r["fold"] == f]) for f in range(len(folds)) if any(r["fold"] == f for r in rec)]
+            summary[f"{key}.{metric}"] = {"mean": float(np.nanmean([r[key][metric] for r in rec])), "fold_std": float(np.std(per_fold)), "per_fold": [float(x) for x in per_fold]}
     wins = sum(r["a_k0"]["area"] > r[f"c_k{kmax}"]["area"] for r in rec)
     return {"ks": ks, "repeats": meta["repeats"], "groups_evaluated": len({r["group"] for r in rec}), "summary": summary,
             f"a_k0_beats_c_k{kmax}_share": wins / max(1, len(rec)), "records": rec}

@@ -75,18 +75,9 @@ def _own_workers(tmp_path_factory):
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool(addresses):
-    from router import worker_client
-
-    # NOTE(strategies tests): the client pings idle channels every 10 s but the worker server keeps
-    # gRPC's default ping policy, so a channel idle for ~30 s gets GOAWAY "too_many_pings" and its
-    # next call fails UNAVAILABLE. These tests have idle gaps (loading transformers), and they test
-    # strategies, not keepalive: channels made here do not ping while idle.
-    saved = worker_client.CHANNEL_OPTIONS
-    worker_client.CHANNEL_OPTIONS = [(k, v) for k, v in saved if k != "grpc.keepalive_permit_without_calls"]
     p = WorkerPool({m: addresses[m] for m in (SMALL, LARGE)})
     yield p
     await p.close()
-    worker_client.CHANNEL_OPTIONS = saved
 
 
 def make_ctx(pool, timeout: float = 240.0) -> Context:
