@@ -49,6 +49,10 @@ class ModelCallError(RoutingError):
                             "RESOURCE_EXHAUSTED": 429}.get(code, 503)
 
 
+    def __reduce__(self):
+        # Keyword-only constructor: tell pickle (Ray ships exceptions between processes) how to rebuild it.
+        return (_rebuild_model_call_error, (self.detail, self.model, self.role, self.step, self.grpc_code))
+
     def at(self, role: str, step: int | None) -> "ModelCallError":
         """The same error, naming the strategy role and step it happened in."""
         return ModelCallError(self.detail, model=self.model, role=role, step=step, code=self.grpc_code)
@@ -62,3 +66,7 @@ class DeadlineExceeded(RoutingError):
 class PermissionDenied(RoutingError):
     grpc_code = "PERMISSION_DENIED"
     http_status = 403
+
+
+def _rebuild_model_call_error(detail, model, role, step, code) -> ModelCallError:
+    return ModelCallError(detail, model=model, role=role, step=step, code=code)

@@ -24,8 +24,8 @@ always-cheapest, always-best, random at matched cost, a RouteLLM-style MiniLM + 
 router, the best-single-system envelope, and the oracle (reference only).
 Metrics: area under accuracy vs log(cost) (normalised to mean accuracy over log-uniform budgets
 between always-cheapest and always-best), APGR (share of the cheapest->best gap recovered,
-averaged over linear budgets), cost to reach 50/80/95 %% of the best system's accuracy (as a share
-of its cost), and for two systems RouteLLM's APGR and CPT(50%%)/CPT(80%%) over strong-model calls.
+averaged over linear budgets), cost to reach 50/80/95 % of the best system's accuracy (as a share
+of its cost), and for two systems RouteLLM's APGR and CPT(50%)/CPT(80%) over strong-model calls.
 Features are cached under $THINKROUTE_CACHE/features, so a second run is fast."""
 
 
@@ -135,18 +135,25 @@ def plot(results: list[dict], path: str) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, res in zip(axes[0], results):
+        fixed = {"probe": "tab:blue", "minilm-lr": "tab:red", "random": "tab:gray", "single-envelope": "black", "oracle": "tab:olive",
+                 "always-cheapest": "tab:green", "always-best": "tab:purple"}
+        extra = iter(["tab:orange", "tab:cyan", "tab:pink", "tab:brown", "gold", "navy"])
         for name, m in res["methods"].items():
+            color = fixed.get(name) or next(extra, None)
             pts = [(p["cost"], p["acc"]) for p in m["points"]]
             if name == "single-envelope":
                 for s, v in res["singles"].items():
                     ax.scatter([v["cost_per_query"]], [v["acc"]], marker="x", color="k", s=20)
                     ax.annotate(s, (v["cost_per_query"], v["acc"]), fontsize=6)
             h = M.hull(pts)
-            style = "-" if name.startswith("probe") and "[" not in name else ("--" if "[" in name else ":")
+            style = "-" if name in ("probe", "minilm-lr") else ("--" if "[" in name else ":")
             if len(h) == 1:
-                ax.scatter(h[:, 0], h[:, 1], label=name, s=25)
+                ax.scatter(h[:, 0], h[:, 1], label=name, s=25, color=color)
             else:
-                ax.plot(h[:, 0], h[:, 1], style, label=name, lw=2 if name == "probe" else 1)
+                if len(h) == 2:  # a chord: draw it densely so it curves correctly on the log axis
+                    xs = np.linspace(h[0, 0], h[1, 0], 200)
+                    h = np.stack([xs, M.curve_at(h, xs)], 1)
+                ax.plot(h[:, 0], h[:, 1], style, label=name, lw=2 if name == "probe" else 1.2, color=color)
         ax.set_xscale("log")
         ax.set_xlabel("mean cost per query (USD, log)")
         ax.set_ylabel("accuracy")

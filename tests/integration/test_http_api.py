@@ -138,6 +138,7 @@ def test_async_client_streaming_and_not_concurrently(stack):
 
 
 def test_langchain_chat_openai_multi_turn_matches_grpc(stack):
+    pytest.importorskip("langchain_openai", reason="needs langchain-openai (ops/requirements-cpu.lock)")
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
     from langchain_openai import ChatOpenAI
 

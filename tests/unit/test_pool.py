@@ -76,3 +76,12 @@ def test_prefix_scorer_without_redis_scores_nothing():
     s = PoolPrefixScorer(redis_url=None)
     req = PickRequest(model="m", inflight={"a": 0, "b": 0}, prompt_ids=[1] * 300, extra={"replica_ids": {"a": "m-0"}})
     assert s.score(["a", "b"], req) == {"a": 0.0, "b": 0.0}
+
+
+def test_model_call_error_survives_pickling():
+    """Ray ships exceptions between processes: the status code and the message must survive."""
+    import pickle
+
+    e = ModelCallError("boom", model="m", role="small", step=3, code="INVALID_ARGUMENT")
+    back = pickle.loads(pickle.dumps(e))
+    assert str(back) == str(e) and back.grpc_code == "INVALID_ARGUMENT" and back.http_status == 400
