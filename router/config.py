@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from router.policy.planning import LivePolicyConfig
 from workers.config import EngineConfig
 
 EMBEDDED_CONFIG = Path(__file__).resolve().parent / "configs" / "embedded.yaml"
@@ -152,8 +153,9 @@ class Config(_Base):
     """The Redis server of the shared prefix cache."""
     http: HttpConfig = Field(default_factory=HttpConfig)
     """The OpenAI-compatible HTTP API: tenants, API keys, rate limits."""
-    policy: dict[str, Any] = Field(default_factory=dict)
-    """The planning policy (probes + meta-learned policy); empty = fixed plans only."""
+    policy: LivePolicyConfig | None = None
+    """The planning policy for requests that fix no plan (router/policy/planning.py: candidates, prices,
+    priors or a trained probe artifact); None = the config's default strategy."""
     run_dir: str = "runs/serve"
     """Where `thinkroute serve` writes worker logs and Redis data."""
 

@@ -56,13 +56,13 @@ class Planner:
             return query.dial
         return self.dials.get(query.tenant)
 
-    async def plan(self, query: RouteQuery, features_fn=None) -> Plan:
+    async def plan(self, query: RouteQuery, pool=None) -> Plan:
         dial = self.resolve_dial(query)
         if query.strategy or query.model:
             name = query.strategy or "direct"
             reason = "fixed by the request" + (f" (strategy {name})" if query.strategy else f" (model {query.model})")
         elif self.policy is not None:
-            return await self.policy.plan(query, dial, self)
+            return await self.policy.plan(query, dial, self, pool)
         else:
             name = self.config.router.default_strategy
             reason = "config default (router.default_strategy); no policy configured"

@@ -164,7 +164,7 @@ def _load_policy(config: Config):
     """The planning policy named by `config.policy` (tracker issue 4), or None for fixed plans."""
     if not config.policy:
         return None
-    from router.policy.planning import build_planning_policy  # noqa: PLC0415
+    from router.policy.planning import build_planning_policy
 
     return build_planning_policy(config)
 

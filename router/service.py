@@ -62,7 +62,7 @@ class RouterCore:
         trace = Trace()
         self.validate(query)
         with trace.stage("plan"):
-            plan = await self.planner.plan(query)
+            plan = await self.planner.plan(query, self.pool)
             infos = {role: await self.pool.info(model) for role, model in plan.models.items()}
             await plan.strategy.check_plan(infos)
         trace.plan = plan.to_dict()

@@ -26,8 +26,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_dial)
 
     c = sub.add_parser("config-reference", help="print the configuration reference (Markdown)",
-                       description="Print every configuration field with its default and meaning, as Markdown.")
-    c.set_defaults(func=lambda args: print(__import__("router.config", fromlist=["x"]).config_reference()) or 0)
+                       description="Print every configuration field with its default and meaning, as Markdown; "
+                                   "--write-readme replaces the reference in README.md.")
+    c.add_argument("--write-readme", action="store_true", help="update README.md between its config-reference markers")
+    c.set_defaults(func=run_config_reference)
+
+
+def run_config_reference(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from router.config import config_reference
+
+    text = config_reference()
+    if not args.write_readme:
+        print(text)
+        return 0
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    src = readme.read_text()
+    start, end = "<!-- config-reference:start", "<!-- config-reference:end -->"
+    i, j = src.index(start), src.index(end)
+    head = src[:i] + src[i:].split("\n", 1)[0] + "\n"
+    readme.write_text(head + text + "\n" + src[j:])
+    print(f"updated {readme}")
+    return 0
 
 
 def run_dial(args: argparse.Namespace) -> int:

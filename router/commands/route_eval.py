@@ -96,7 +96,8 @@ def _fmt(mean, std, pct=False):
     return f"{100 * mean:.1f}±{100 * std:.1f}%" if pct else f"{mean:.4f}±{std:.4f}"
 
 
-def print_table(res: dict, out=sys.stdout) -> None:
+def print_table(res: dict, out=None) -> None:
+    out = out or sys.stdout
     print(f"\n== {res['dataset']}: {res['n']} queries, {res['folds']} folds" + (f" (groups: {res['group_by']})" if res.get("group_by") else "") + f"; tokens: {res['tokenizer']}", file=out)
     for s, v in res["singles"].items():
         print(f"   {s:24s} acc {100 * v['acc']:.1f}%  cost/query ${v['cost_per_query']:.6f}", file=out)

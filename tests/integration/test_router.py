@@ -59,7 +59,7 @@ MD = [("application", "thinkroute")]
 
 
 def test_generate_answers_with_a_trace(router):
-    resp = router.Generate(rpb.RouteRequest(query=QUESTION, max_tokens=24), metadata=MD, timeout=300)
+    resp = router.Generate(rpb.RouteRequest(query=QUESTION, max_tokens=24, dial=0.0), metadata=MD, timeout=300)
     assert resp.text.strip()
     t = resp.trace
     assert t.plan.strategy == "direct" and t.plan.models["model"] == "smollm2-135m"
@@ -150,3 +150,20 @@ def test_pool_stats_report_every_pool(router):
     pools = {p.model: p for p in stats.pools}
     assert {"smollm2-135m", "gemma3-270m"} <= set(pools)
     assert pools["smollm2-135m"].healthy_replicas == 1 and pools["smollm2-135m"].desired_replicas >= 1
+
+
+def test_policy_plans_by_the_dial(router):
+    """No strategy/model in the request: the policy decides. Dial 0 = the drafter alone; dial 1 = the
+    candidate with the best predicted quality (read from the same config the router runs)."""
+    from router.config import load_config
+
+    cfg = load_config().policy
+    best = max(cfg.priors, key=lambda n: cfg.priors[n].p_correct)
+    cheap = router.Generate(rpb.RouteRequest(query="What is 2 + 3?", max_tokens=4, dial=0.0), metadata=MD, timeout=300)
+    assert cheap.trace.plan.strategy == "direct" and dict(cheap.trace.plan.models) == {"model": "smollm2-135m"}
+    assert cheap.trace.plan.reason.startswith("policy: ")
+    ranked = cheap.trace.plan.candidates["ranked"]
+    assert len(ranked) == len(cfg.candidates) and ranked[0]["plan"] == "drafter"
+    top = router.Generate(rpb.RouteRequest(query="What is 2 + 3?", max_tokens=4, dial=1.0), metadata=MD, timeout=300)
+    assert top.trace.plan.candidates["ranked"][0]["plan"] == best
+    assert top.trace.plan.candidates["ranked"][0]["p_correct"] == max(r["p_correct"] for r in ranked)
