@@ -169,6 +169,10 @@ class Config(_Base):
         names = set(self.models)
         if self.router.default_model not in names:
             raise ValueError(f"router.default_model {self.router.default_model!r} is not one of models {sorted(names)}")
+        if self.policy is not None:
+            for name, cand in self.policy.candidates.items():
+                if cand.model and cand.model not in names:
+                    raise ValueError(f"policy.candidates.{name}.model {cand.model!r} is not one of models {sorted(names)}")
         for role, model in self.router.roles.items():
             if model not in names:
                 raise ValueError(f"router.roles.{role} = {model!r} is not one of models {sorted(names)}")

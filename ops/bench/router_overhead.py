@@ -5,7 +5,9 @@ through the Ray Serve router (gRPC proxy -> router replica -> worker), interleav
     python ops/bench/router_overhead.py --n 100 --out runs/bench/router_overhead.json
     python ops/bench/router_overhead.py --worker 127.0.0.1:50051 --router 127.0.0.1:9000  # running ones
 
-Prints p50/p95 per path and request size, the ratio router/direct, and the added milliseconds.
+Prints p50/p95 per path and request size, the ratio router/direct, the added milliseconds, and (when it
+starts the stack itself) the p50 of a no-op Router.Generate through the same Ray Serve gRPC proxy: the
+floor any Ray Serve-hosted router pays, measured in the same run.
 """
 from __future__ import annotations
 
@@ -48,6 +50,19 @@ def router_call(stub, model: str, max_tokens: int) -> tuple[float, int]:
     return (time.perf_counter() - t) * 1e3, resp.trace.calls[0].generated_tokens
 
 
+class EchoRouter:
+    """Answers thinkroute.v1.Router/Generate at once: the cost of Ray Serve's gRPC proxy hop alone."""
+
+    async def Generate(self, request, grpc_context=None):
+        return rpb.RouteResponse(text="", request_id=request.request_id)
+
+
+def echo_call(stub) -> tuple[float, int]:
+    t = time.perf_counter()
+    stub.Generate(rpb.RouteRequest(query=QUESTION), metadata=[("application", "echo")], timeout=60)
+    return (time.perf_counter() - t) * 1e3, 0
+
+
 def start_stack(backend: str, model: str):
     """A worker process and a local Ray Serve router over it. Returns (worker addr, router addr, stop)."""
     sys.path.insert(0, str(REPO / "tests"))
@@ -64,13 +79,16 @@ def start_stack(backend: str, model: str):
     print(f"starting a {backend} worker for {model} ...", file=sys.stderr)
     w = start_worker(model, backend, log_dir).wait_ready()
     config = load_config(overrides={"models": {model: {"backend": backend, "replicas": 0, "addresses": [w.address]}},
-                                    "router.default_model": model, "router.roles": {}})
+                                    "router.default_model": model, "router.roles": {},
+                                    "policy": None})
     gport = free_port()
     print("starting Ray Serve ...", file=sys.stderr)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
                 grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=[ROUTER_SERVICER]))
     serve.run(build_app(config, {model: [w.address]}), name="thinkroute", route_prefix="/")
+    serve.run(serve.deployment(EchoRouter, name="echo", ray_actor_options={"num_cpus": 0}).bind(),
+              name="echo", route_prefix="/echo")
 
     def stop():
         serve.shutdown()
@@ -109,14 +127,17 @@ def main() -> int:
             for _ in range(args.warmup):
                 direct_call(wstub, size)
                 router_call(rstub, args.model, size)
-            d, r = [], []
-            for i in range(args.n):  # interleaved: both paths see the same machine state
+            d, r, e = [], [], []
+            with_echo = not (args.worker and args.router)
+            for i in range(args.n):  # interleaved: every path sees the same machine state
                 calls = [("d", lambda: direct_call(wstub, size)), ("r", lambda: router_call(rstub, args.model, size))]
+                if with_echo:
+                    calls.append(("e", lambda: echo_call(rstub)))
                 if i % 2:
                     calls.reverse()
                 for name, fn in calls:
                     ms, n_tok = fn()
-                    (d if name == "d" else r).append(ms)
+                    {"d": d, "r": r, "e": e}[name].append(ms)
                 print(f"\r max_tokens={size}: {i + 1}/{args.n}", end="", file=sys.stderr, flush=True)
             print(file=sys.stderr)
             results[size] = {
@@ -125,16 +146,18 @@ def main() -> int:
                 "added_p50_ms": pct(r, 50) - pct(d, 50),
                 "median_paired_added_ms": statistics.median([b - a for a, b in zip(d, r)]),
                 "ratio_p50": pct(r, 50) / pct(d, 50),
+                "serve_echo_p50_ms": pct(e, 50) if e else None,
+                "serve_echo_p95_ms": pct(e, 95) if e else None,
             }
     finally:
         stop()
     print(f"\nrouter overhead, {args.model} ({args.backend}), n={args.n} per cell, interleaved\n")
     print(f"{'max_tokens':>10} | {'direct p50':>10} {'p95':>8} | {'router p50':>10} {'p95':>8} | "
-          f"{'added p50':>9} | {'paired med':>10} | {'ratio':>6}")
+          f"{'added p50':>9} | {'paired med':>10} | {'ratio':>6} | {'Serve echo p50':>14}")
     for size, r in results.items():
         print(f"{size:>10} | {r['direct_p50_ms']:>10.1f} {r['direct_p95_ms']:>8.1f} | {r['router_p50_ms']:>10.1f} "
               f"{r['router_p95_ms']:>8.1f} | {r['added_p50_ms']:>9.1f} | {r['median_paired_added_ms']:>10.1f} | "
-              f"{r['ratio_p50']:>6.3f}")
+              f"{r['ratio_p50']:>6.3f} | {r['serve_echo_p50_ms'] or float('nan'):>14.1f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"model": args.model, "backend": args.backend, "n": args.n,
