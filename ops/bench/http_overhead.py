@@ -24,6 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "ops" / "bench"))
 
 from thinkroute.v1 import router_pb2 as rpb  # noqa: E402
 from thinkroute.v1 import router_pb2_grpc as rpb_grpc  # noqa: E402
@@ -49,38 +50,6 @@ def http_call(client: httpx.Client, model: str, max_tokens: int) -> tuple[float,
     return ms, resp.json()["choices"][0]["message"]["content"]
 
 
-def start_stack(backend: str, model: str):
-    """A worker process and a local Ray Serve router over it (both proxies). Returns (grpc, http, stop)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import free_port, start_worker  # the same launcher the tests use
-
-    import ray
-    from ray import serve
-    from ray.serve.config import HTTPOptions, gRPCOptions
-
-    from router.config import load_config
-    from router.serve_app import ROUTER_SERVICER, build_app
-
-    log_dir = REPO / "runs" / "bench" / "http_overhead"
-    print(f"starting a {backend} worker for {model} ...", file=sys.stderr)
-    w = start_worker(model, backend, log_dir).wait_ready()
-    config = load_config(overrides={"models": {model: {"backend": backend, "replicas": 0, "addresses": [w.address]}},
-                                    "router.default_model": model, "router.roles": {}})
-    gport, hport = free_port(), free_port()
-    print("starting Ray Serve ...", file=sys.stderr)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=hport),
-                grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=[ROUTER_SERVICER]))
-    serve.run(build_app(config, {model: [w.address]}), name="thinkroute", route_prefix="/")
-
-    def stop():
-        serve.shutdown()
-        ray.shutdown()
-        w.stop()
-
-    return f"127.0.0.1:{gport}", f"http://127.0.0.1:{hport}", stop
-
-
 def pct(xs, q):
     return float(np.percentile(np.array(xs), q))
 
@@ -103,7 +72,10 @@ def main() -> int:
     if args.grpc and args.http:
         gaddr, haddr = args.grpc, args.http
     else:
-        gaddr, haddr, stop = start_stack(args.backend, args.model)
+        from stack import start_stack
+
+        st = start_stack(args.backend, args.model, "http_overhead")
+        gaddr, haddr, stop = st.grpc, st.http, st.stop
     results = {}
     try:
         gstub = rpb_grpc.RouterStub(grpc.insecure_channel(gaddr))

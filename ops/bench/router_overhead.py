@@ -24,6 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "ops" / "bench"))
 
 from thinkroute.v1 import router_pb2 as rpb  # noqa: E402
 from thinkroute.v1 import router_pb2_grpc as rpb_grpc  # noqa: E402
@@ -63,41 +64,6 @@ def echo_call(stub) -> tuple[float, int]:
     return (time.perf_counter() - t) * 1e3, 0
 
 
-def start_stack(backend: str, model: str):
-    """A worker process and a local Ray Serve router over it. Returns (worker addr, router addr, stop)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import free_port, start_worker  # the same launcher the tests use
-
-    import ray
-    from ray import serve
-    from ray.serve.config import HTTPOptions, gRPCOptions
-
-    from router.config import load_config
-    from router.serve_app import ROUTER_SERVICER, build_app
-
-    log_dir = REPO / "runs" / "bench" / "router_overhead"
-    print(f"starting a {backend} worker for {model} ...", file=sys.stderr)
-    w = start_worker(model, backend, log_dir).wait_ready()
-    config = load_config(overrides={"models": {model: {"backend": backend, "replicas": 0, "addresses": [w.address]}},
-                                    "router.default_model": model, "router.roles": {},
-                                    "policy": None})
-    gport = free_port()
-    print("starting Ray Serve ...", file=sys.stderr)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
-                grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=[ROUTER_SERVICER]))
-    serve.run(build_app(config, {model: [w.address]}), name="thinkroute", route_prefix="/")
-    serve.run(serve.deployment(EchoRouter, name="echo", ray_actor_options={"num_cpus": 0}).bind(),
-              name="echo", route_prefix="/echo")
-
-    def stop():
-        serve.shutdown()
-        ray.shutdown()
-        w.stop()
-
-    return w.address, f"127.0.0.1:{gport}", stop
-
-
 def pct(xs, q):
     return float(np.percentile(np.array(xs), q))
 
@@ -118,7 +84,13 @@ def main() -> int:
     if args.worker and args.router:
         waddr, raddr = args.worker, args.router
     else:
-        waddr, raddr, stop = start_stack(args.backend, args.model)
+        from ray import serve
+
+        from stack import start_stack
+
+        echo = serve.deployment(EchoRouter, name="echo", ray_actor_options={"num_cpus": 0}).bind()
+        st = start_stack(args.backend, args.model, "router_overhead", {"echo": echo})
+        waddr, raddr, stop = st.worker, st.grpc, st.stop
     results = {}
     try:
         wstub = pb_grpc.WorkerStub(grpc.insecure_channel(waddr))
