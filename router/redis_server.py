@@ -39,7 +39,7 @@ class RedisServer:
             raise FileNotFoundError(f"{binary!r} not found on PATH; install it with `apt-get install -y redis-server`")
         self.binary = exe
         self.port = port
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server resolves paths against its own cwd
         self.maxmemory_bytes = maxmemory_bytes
         self.policy = policy
         self.password = password

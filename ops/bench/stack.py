@@ -37,17 +37,23 @@ def start_stack(backend: str, model: str, log_name: str, extra_apps: dict | None
     config = load_config(overrides={"models": {model: {"backend": backend, "replicas": 0, "addresses": [w.address]}},
                                     "router.default_model": model, "router.roles": {}, "policy": None})
     gport, hport = free_port(), free_port()
-    print("starting Ray Serve ...", file=sys.stderr)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=hport),
-                grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=[ROUTER_SERVICER]))
-    serve.run(build_app(config, {model: [w.address]}), name="thinkroute", route_prefix="/")
-    for name, app in (extra_apps or {}).items():
-        serve.run(app, name=name, route_prefix=f"/{name}")
 
     def stop() -> None:
-        serve.shutdown()
-        ray.shutdown()
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
         w.stop()
+
+    try:
+        print("starting Ray Serve ...", file=sys.stderr)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=hport),
+                    grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=[ROUTER_SERVICER]))
+        serve.run(build_app(config, {model: [w.address]}), name="thinkroute", route_prefix="/")
+        for name, app in (extra_apps or {}).items():
+            serve.run(app, name=name, route_prefix=f"/{name}")
+    except BaseException:
+        stop()  # never leave the worker behind
+        raise
 
     return Stack(w.address, f"127.0.0.1:{gport}", f"http://127.0.0.1:{hport}", stop)

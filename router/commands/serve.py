@@ -36,14 +36,30 @@ def run(args: argparse.Namespace) -> int:
             pool.backend = args.backend
     cluster = LocalCluster(config, Path(args.run_dir or config.run_dir))
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    started = False
+
+    def on_signal(*_) -> None:
+        if not started:
+            raise KeyboardInterrupt  # still starting: unwind to the cleanup below
+        stop.set()
+
+    def install_handlers() -> None:
+        # NOTE: ray.init installs its own C-level SIGTERM handler (it logs and aborts the driver, which
+        # would orphan the workers); ours goes back on top of it once Ray is up.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+
+    install_handlers()
     try:
         cluster.start()
+        install_handlers()
+        started = True
         if args.ready_file:
             Path(args.ready_file).write_text(f"{config.serve.host}:{config.serve.grpc_port}\n")
         say("serving; Ctrl-C to stop")
         stop.wait()
+    except KeyboardInterrupt:
+        say("interrupted")
     finally:
         cluster.stop()
     return 0
