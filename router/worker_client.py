@@ -8,12 +8,10 @@ loop-bound).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import AsyncIterator
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from thinkroute.v1 import worker_pb2 as pb
 from thinkroute.v1 import worker_pb2_grpc as pb_grpc
@@ -88,19 +86,7 @@ class WorkerClient:
     async def load(self, timeout: float = 2.0) -> pb.LoadResponse:
         return await self.stub.Load(pb.LoadRequest(), timeout=timeout)
 
-    async def healthy(self, timeout: float = 2.0) -> bool:
-        stub = health_pb2_grpc.HealthStub(self._channel if self._stub else (self.stub and self._channel))
-        try:
-            r = await stub.Check(health_pb2.HealthCheckRequest(service="thinkroute.v1.Worker"), timeout=timeout)
-        except grpc.aio.AioRpcError:
-            return False
-        return r.status == health_pb2.HealthCheckResponse.SERVING
-
 
 def model_info(model: str, resp: pb.InfoResponse) -> ModelInfo:
     return ModelInfo(model=model, tokenizer_id=resp.tokenizer_id, context_length=resp.context_length,
                      has_chat_template=resp.has_chat_template, backend=resp.backend, device=resp.device)
-
-
-def remaining(deadline: float) -> float:
-    return deadline - time.monotonic()

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router.errors import InvalidRoute
 from router.policy.dial import DialConfig
-from router.policy.policy import NoFeasiblePlan, Policy, PolicyConfig, Prediction
+from router.policy.policy import NoFeasiblePlan, Policy, PolicyConfig, Prediction, choose
 from router.strategies import get_strategy
 from router.types import RouteQuery
 from workers.types import PromptInput
@@ -89,10 +89,8 @@ class PlanningPolicy:
             missing = [n for n in self.spec.candidates if n not in self.spec.priors]
             if missing:
                 raise InvalidRoute(f"policy: no artifact and no priors for candidates {missing}")
-        self._chooser = self.policy or Policy.__new__(Policy)
-        if self.policy is None:  # priors only: the same decision rule, no probe
-            self._chooser.config = PolicyConfig(dial=DialConfig(**self.spec.dial))
-            self._chooser._rng = np.random.default_rng(0)
+        # Priors only: the same decision rule as a trained policy, without a probe.
+        self._prior_config = PolicyConfig(dial=DialConfig(**self.spec.dial))
         self._features: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _models_of(self, cand: CandidatePlan) -> dict[str, str]:
@@ -142,8 +140,11 @@ class PlanningPolicy:
         else:
             predictions = self._prior_predictions(prompt_tokens)
         try:
-            decision = self._chooser.choose(predictions, dial, max_cost=query.max_cost or None,
-                                            max_latency_ms=query.max_latency_ms or None, explore=self.policy is not None)
+            limits = dict(max_cost=query.max_cost or None, max_latency_ms=query.max_latency_ms or None)
+            if self.policy is not None:
+                decision = self.policy.choose(predictions, dial, **limits)
+            else:
+                decision = choose(predictions, dial, self._prior_config, np.random.default_rng(0), explore=False, **limits)
         except NoFeasiblePlan as e:
             raise InvalidRoute(str(e)) from e
         chosen = self.spec.candidates[decision.plan]

@@ -197,29 +197,7 @@ class Policy:
     # ---- decision ------------------------------------------------------------------------
     def choose(self, predictions: dict[str, Prediction], dial: float, max_cost: float | None = None, max_latency_ms: float | None = None, explore: bool = True) -> Decision:
         """Rank plans by P - lambda(dial)*cost/cost_scale within the hard limits. Raises NoFeasiblePlan."""
-        d = validate_dial(dial)
-        lmb = lam(d, self.config.dial)
-        explored = explore and self.config.explore_rate > 0 and self._rng.random() < self.config.explore_rate
-        ranked, rejected = [], []
-        for plan, pr in predictions.items():
-            if max_cost is not None and pr.cost > max_cost:
-                rejected.append(Candidate(plan, pr.p_correct, pr.cost, pr.latency_ms, -math.inf, f"predicted cost ${pr.cost:.6f} > max_cost ${max_cost:.6f}"))
-                continue
-            if max_latency_ms is not None and pr.latency_ms > max_latency_ms:
-                rejected.append(Candidate(plan, pr.p_correct, pr.cost, pr.latency_ms, -math.inf, f"predicted latency {pr.latency_ms:.0f} ms > max_latency_ms {max_latency_ms:.0f}"))
-                continue
-            p = pr.p_correct
-            if explored:
-                p = float(_sigmoid(_logit(p) + self._rng.normal() * pr.logit_std))
-            c = pr.cost / self.config.dial.cost_scale
-            util = p if lmb == 0 else (-c if math.isinf(lmb) else p - lmb * c)
-            ranked.append(Candidate(plan, pr.p_correct, pr.cost, pr.latency_ms, util,
-                                    f"utility {util:.4g} = P {p:.3f} - lambda {lmb:.3g} x cost ${pr.cost:.6f}" + (" (explore sample)" if explored else "")))
-        if not ranked:
-            raise NoFeasiblePlan(f"no plan meets the limits max_cost={max_cost}, max_latency_ms={max_latency_ms}: " + "; ".join(f"{c.plan}: {c.reason}" for c in rejected) + ". Raise a limit or add a cheaper plan.")
-        # ties: higher P, then lower cost, then name (deterministic)
-        ranked.sort(key=lambda c: (-c.utility, -c.p_correct, c.cost, c.plan))
-        return Decision(ranked[0].plan, ranked, rejected, d, lmb, explored)
+        return choose(predictions, dial, self.config, self._rng, max_cost, max_latency_ms, explore)
 
     def choose_arrays(self, P, C, dial, L=None, max_cost=None, max_latency_ms=None) -> np.ndarray:
         """Vectorised greedy `choose` for offline evaluation: index of the chosen plan per row (-1: none feasible)."""
@@ -335,6 +313,35 @@ class Policy:
             pol._refit(t, p)
         pol._calib = {p: list(v) for p, v in s["calib"].items()}
         return pol
+
+
+def choose(predictions: dict[str, Prediction], dial: float, config: PolicyConfig, rng: np.random.Generator,
+           max_cost: float | None = None, max_latency_ms: float | None = None, explore: bool = True) -> Decision:
+    """The decision rule alone (no probe): rank plans by P - lambda(dial)*cost/cost_scale within the hard
+    limits; with `explore` and `config.explore_rate`, sometimes rank a Thompson sample. Raises NoFeasiblePlan."""
+    d = validate_dial(dial)
+    lmb = lam(d, config.dial)
+    explored = explore and config.explore_rate > 0 and rng.random() < config.explore_rate
+    ranked, rejected = [], []
+    for plan, pr in predictions.items():
+        if max_cost is not None and pr.cost > max_cost:
+            rejected.append(Candidate(plan, pr.p_correct, pr.cost, pr.latency_ms, -math.inf, f"predicted cost ${pr.cost:.6f} > max_cost ${max_cost:.6f}"))
+            continue
+        if max_latency_ms is not None and pr.latency_ms > max_latency_ms:
+            rejected.append(Candidate(plan, pr.p_correct, pr.cost, pr.latency_ms, -math.inf, f"predicted latency {pr.latency_ms:.0f} ms > max_latency_ms {max_latency_ms:.0f}"))
+            continue
+        p = pr.p_correct
+        if explored:
+            p = float(_sigmoid(_logit(p) + rng.normal() * pr.logit_std))
+        c = pr.cost / config.dial.cost_scale
+        util = p if lmb == 0 else (-c if math.isinf(lmb) else p - lmb * c)
+        ranked.append(Candidate(plan, pr.p_correct, pr.cost, pr.latency_ms, util,
+                                f"utility {util:.4g} = P {p:.3f} - lambda {lmb:.3g} x cost ${pr.cost:.6f}" + (" (explore sample)" if explored else "")))
+    if not ranked:
+        raise NoFeasiblePlan(f"no plan meets the limits max_cost={max_cost}, max_latency_ms={max_latency_ms}: " + "; ".join(f"{c.plan}: {c.reason}" for c in rejected) + ". Raise a limit or add a cheaper plan.")
+    # ties: higher P, then lower cost, then name (deterministic)
+    ranked.sort(key=lambda c: (-c.utility, -c.p_correct, c.cost, c.plan))
+    return Decision(ranked[0].plan, ranked, rejected, d, lmb, explored)
 
 
 def choose_index(P, C, lmb, cost_scale=1.0, L=None, max_cost=None, max_latency_ms=None) -> np.ndarray:
