@@ -74,14 +74,32 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "sampling")
+    __slots__ = ("request_id", "prompt", "sampling", "constraint")
+    class ChoiceList(_message.Message):
+        __slots__ = ("choices",)
+        CHOICES_FIELD_NUMBER: _ClassVar[int]
+        choices: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, choices: _Optional[_Iterable[str]] = ...) -> None: ...
+    class Constraint(_message.Message):
+        __slots__ = ("json_schema", "regex", "choice", "grammar")
+        JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+        REGEX_FIELD_NUMBER: _ClassVar[int]
+        CHOICE_FIELD_NUMBER: _ClassVar[int]
+        GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+        json_schema: str
+        regex: str
+        choice: GenerateRequest.ChoiceList
+        grammar: str
+        def __init__(self, json_schema: _Optional[str] = ..., regex: _Optional[str] = ..., choice: _Optional[_Union[GenerateRequest.ChoiceList, _Mapping]] = ..., grammar: _Optional[str] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: Prompt
     sampling: SamplingParams
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+    constraint: GenerateRequest.Constraint
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., constraint: _Optional[_Union[GenerateRequest.Constraint, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "remote_cached_prompt_tokens")
@@ -158,26 +176,34 @@ class ScoreResponse(_message.Message):
     def __init__(self, continuation: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., top_next: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class HiddenStateRequest(_message.Message):
-    __slots__ = ("prompts", "layers", "pooling")
+    __slots__ = ("prompts", "layers", "pooling", "poolings", "uncertainty", "max_tokens")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
+    POOLINGS_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
     layers: _containers.RepeatedScalarFieldContainer[int]
     pooling: Pooling
-    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., layers: _Optional[_Iterable[int]] = ..., pooling: _Optional[_Union[Pooling, str]] = ...) -> None: ...
+    poolings: _containers.RepeatedScalarFieldContainer[Pooling]
+    uncertainty: bool
+    max_tokens: int
+    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., layers: _Optional[_Iterable[int]] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., poolings: _Optional[_Iterable[_Union[Pooling, str]]] = ..., uncertainty: _Optional[bool] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class HiddenStateResult(_message.Message):
-    __slots__ = ("data", "shape", "layers", "prompt_tokens")
+    __slots__ = ("data", "shape", "layers", "prompt_tokens", "uncertainty")
     DATA_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     shape: _containers.RepeatedScalarFieldContainer[int]
     layers: _containers.RepeatedScalarFieldContainer[int]
     prompt_tokens: int
-    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[int]] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
+    uncertainty: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[int]] = ..., prompt_tokens: _Optional[int] = ..., uncertainty: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class HiddenStateResponse(_message.Message):
     __slots__ = ("results", "model_id")
