@@ -1,6 +1,7 @@
 """Final-answer extraction: `\\boxed{...}` (balanced braces) if present, else the last number."""
 from __future__ import annotations
 
+import math
 import re
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -24,7 +25,8 @@ def extract_boxed(text: str) -> str | None:
 
 
 def extract_final_answer(text: str) -> str:
-    """`\\boxed{}` content, else the number after '####' or 'answer is', else the last number; '' if none."""
+    """`\\boxed{}` content, else the number after '####' or 'answer is', else the last number; '' if none.
+    Total: any text gives a string, nothing raises (a finished answer never becomes an error)."""
     boxed = extract_boxed(text)
     if boxed is not None:
         return normalize_number(boxed)
@@ -39,13 +41,16 @@ def extract_final_answer(text: str) -> str:
 
 
 def normalize_number(s: str) -> str:
-    """'1,000.50' -> '1000.5'; '$18' -> '18'; non-numbers are returned stripped."""
+    """'1,000.50' -> '1000.5'; '$18' -> '18'; anything else (words, 'inf', 'nan', '1e400', which is
+    not a finite float) is returned stripped; huge integers keep float notation ('1e+20'). Never raises."""
     t = s.strip().replace(",", "").replace("$", "").rstrip(".")
     try:
         v = float(t)
-    except ValueError:
+    except (ValueError, OverflowError):
         return s.strip()
-    return str(int(v)) if v == int(v) else repr(v)
+    if not math.isfinite(v):
+        return s.strip()
+    return str(int(v)) if v.is_integer() and abs(v) < 1e16 else repr(v)
 
 
 def gsm8k_gold(answer: str) -> str:
