@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from router import sessions
 from router.config import Config
 from router.errors import RoutingError
 from router.strategies import get_strategy, strategy_names
@@ -117,6 +118,7 @@ class ThinkrouteOptions(BaseModel):
     max_latency_ms: float = Field(0.0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
     trace: bool = False
+    session: str | None = None  # agent session key (router/sessions.py); also the x-session-id header
 
 
 class ChatCompletionRequest(_Lenient):
@@ -135,6 +137,7 @@ class ChatCompletionRequest(_Lenient):
     tool_choice: Any = None
     logprobs: bool | None = None
     response_format: dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
     thinkroute: ThinkrouteOptions = Field(default_factory=ThinkrouteOptions)
 
     @field_validator("stop")
@@ -303,6 +306,8 @@ class OpenAIFrontend:
             req = _parse(await request.body())
             query = to_route_query(req, parse_model_name(req.model, self.config), tenant,
                                    request.headers.get("x-request-id"))
+            query.session = sessions.explicit_key(req.thinkroute.session, request.headers.get(sessions.SESSION_HEADER),
+                                                  req.prompt_cache_key)
             check_tools(req, query, self.config)
             if req.stream:
                 return await self._stream(req, query)
@@ -414,7 +419,8 @@ def build_http_app(frontend: OpenAIFrontend) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, e: StarletteHTTPException) -> Response:
-        return ApiError(e.status_code, f"{e.detail}: this server answers POST /v1/chat/completions, GET /v1/models, "
+        return ApiError(e.status_code, f"{e.detail}: this server answers POST /v1/chat/completions, POST /v1/responses, "
+                                       "GET /v1/models, "
                                        "GET /health", code="not_found").response()
 
     @app.exception_handler(Exception)
@@ -423,6 +429,9 @@ def build_http_app(frontend: OpenAIFrontend) -> FastAPI:
         return ApiError(500, f"internal error: {type(e).__name__}: {e}", code="internal").response()
 
     app.add_api_route("/v1/chat/completions", frontend.chat_completions, methods=["POST"])
+    from router.responses_api import ResponsesEndpoint
+
+    app.add_api_route("/v1/responses", ResponsesEndpoint(frontend).create, methods=["POST"])
     app.add_api_route("/v1/models", frontend.list_models, methods=["GET"])
     app.add_api_route("/health", frontend.health, methods=["GET"])
     return app

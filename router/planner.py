@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from router import sessions
 from router.config import Config
 from router.errors import InvalidRoute, NotFound
 from router.strategies import get_strategy
@@ -22,11 +23,12 @@ class Plan:
     reason: str
     dial: float
     candidates: dict[str, Any] = field(default_factory=dict)
+    session: str = ""  # the agent session key this plan serves (router/sessions.py); "" = none
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy.name, "models": dict(self.models), "reason": self.reason,
                 "dial": self.dial, "candidates": self.candidates,
-                "options": self.strategy.options.model_dump()}
+                "options": self.strategy.options.model_dump(), "session": self.session}
 
 
 class Planner:
@@ -34,6 +36,12 @@ class Planner:
         self.config = config
         self.dials = dials
         self.policy = policy  # optional: router.policy planning (tracker issue 4)
+        # Session affinity is on when the `session` replica scorer is configured (router/scorers/session.py).
+        session_scorer = next((s for s in config.router.scorers if s.name == "session"), None)
+        params = session_scorer.params if session_scorer else {}
+        self.sessions_on = session_scorer is not None
+        self.pins = (sessions.SessionPins(int(params.get("max_sessions", 10_000)), float(params.get("ttl_s", 3600.0)))
+                     if self.sessions_on and params.get("pin_plans", True) else None)
 
     def _models_for(self, strategy_cls: type[Strategy], query: RouteQuery) -> dict[str, str]:
         if strategy_cls.roles == ("model",):
@@ -56,19 +64,45 @@ class Planner:
             return query.dial
         return self.dials.get(query.tenant)
 
+    def _session(self, query: RouteQuery) -> str:
+        """The request's session key (explicit, else derived from its first messages), bound for the
+        replica scorers of this request's task; "" when session affinity is off."""
+        key = (query.session or sessions.default_key(query.conversation())) if self.sessions_on else ""
+        sessions.bind(key)
+        return key
+
+    def _pinned(self, query: RouteQuery, key: str, dial: float) -> Plan | None:
+        """The session's pinned plan, when it has one made at this dial with the same tool use."""
+        pin = self.pins.get(query.tenant, key) if (self.pins is not None and key) else None
+        if pin is None or pin.dial != dial or pin.with_tools != bool(getattr(query, "tools", None)):
+            return None
+        cls = get_strategy(pin.strategy)
+        return Plan(strategy=cls(cls.Options(**pin.options)), models=dict(pin.models), dial=dial, session=key,
+                    reason=f"session {key}: the plan of its first turn, kept for turn {pin.turns} ({pin.reason})")
+
     async def plan(self, query: RouteQuery, pool=None) -> Plan:
         dial = self.resolve_dial(query)
+        key = self._session(query)
         if query.strategy or query.model:
             name = query.strategy or "direct"
             reason = "fixed by the request" + (f" (strategy {name})" if query.strategy else f" (model {query.model})")
         elif self.policy is not None:
-            return await self.policy.plan(query, dial, self, pool)
+            pinned = self._pinned(query, key, dial)
+            if pinned is not None:
+                return pinned
+            plan = await self.policy.plan(query, dial, self, pool)
+            plan.session = key
+            if self.pins is not None and key:
+                self.pins.put(query.tenant, key, sessions.Pin(
+                    strategy=plan.strategy.name, models=dict(plan.models), options=plan.strategy.options.model_dump(),
+                    dial=dial, reason=plan.reason, with_tools=bool(getattr(query, "tools", None))))
+            return plan
         else:
             name = self.config.router.default_strategy
             reason = "config default (router.default_strategy); no policy configured"
         cls = get_strategy(name)
-        options = cls.parse_options(self.config.router.strategies.get(name), query.options)
-        return Plan(strategy=cls(options), models=self._models_for(cls, query), reason=reason, dial=dial)
+        options = cls.parse_options(self.config.router.strategies.get(name), request=query.options)
+        return Plan(strategy=cls(options), models=self._models_for(cls, query), reason=reason, dial=dial, session=key)
 
 
 class DialStore:

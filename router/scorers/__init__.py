@@ -90,4 +90,8 @@ def build_scorer(name: str, params: dict) -> ReplicaScorer:
         return LeastLoadScorer(**params)
     if name == "prefix":
         return PoolPrefixScorer(**params)
-    raise ValueError(f"unknown replica scorer {name!r}; available scorers are ['load', 'prefix']")
+    if name == "session":
+        from router.scorers.session import SessionAffinityScorer
+
+        return SessionAffinityScorer(**params)
+    raise ValueError(f"unknown replica scorer {name!r}; available scorers are ['load', 'prefix', 'session']")
