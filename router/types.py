@@ -26,6 +26,7 @@ class RouteQuery:
     tenant: str = ""
     max_cost: float = 0.0
     max_latency_ms: float = 0.0
+    session: str = ""                              # agent session key (router/sessions.py); "" = derive
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def conversation(self) -> list[ChatMessage]:
