@@ -1,6 +1,7 @@
 """The gRPC worker server: thin servicer over one Engine.
 
-Request life: validate (INVALID_ARGUMENT) -> admit (bounded queue, RESOURCE_EXHAUSTED past it)
+Request life: validate (INVALID_ARGUMENT; every repeated or free-form field has a bound, listed in
+workers/limits.py) -> admit (bounded queue, RESOURCE_EXHAUSTED past it)
 -> engine call -> map errors to status codes. The standard health service says SERVING once
 the engine is up and NOT_SERVING while draining or after the engine died; a dead engine makes
 the process exit with code 3 so its supervisor (`thinkroute serve`) restarts it.
@@ -26,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from thinkroute.v1 import worker_pb2 as pb
 from thinkroute.v1 import worker_pb2_grpc as pb_grpc
 
-from workers import wire
+from workers import limits, wire
 from workers.config import EngineConfig
 from workers.engine import Engine
 from workers.errors import Draining, EngineDead, InvalidRequest, QueueFull, WorkerError
@@ -96,26 +97,21 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     def _validate_sampling(self, s: Sampling, n_prompt: int) -> None:
         ctx = self.engine.info.context_length
-        if s.max_tokens <= 0:
-            raise InvalidRequest(f"sampling.max_tokens must be > 0 (got {s.max_tokens})")
         if n_prompt + s.max_tokens > ctx:
             raise InvalidRequest(
                 f"prompt ({n_prompt} tokens) + max_tokens ({s.max_tokens}) exceeds the context of {ctx} tokens: "
                 f"lower max_tokens to at most {max(ctx - n_prompt, 0)} or shorten the prompt"
             )
-        if s.temperature < 0:
-            raise InvalidRequest(f"sampling.temperature must be >= 0 (got {s.temperature})")
-        if not 0 < s.top_p <= 1:
-            raise InvalidRequest(f"sampling.top_p must be in (0, 1] (got {s.top_p})")
-        if any(not x for x in s.stop):
-            raise InvalidRequest("sampling.stop contains an empty string")
 
     async def _fail(self, context: grpc.aio.ServicerContext, e: Exception) -> None:
         if isinstance(e, WorkerError):
             code = getattr(grpc.StatusCode, e.grpc_code)
         else:
-            log.exception("internal error")
+            # The exception text stays in the log; the caller gets only an id to quote.
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("internal error %s", error_id)
             code = grpc.StatusCode.INTERNAL
+            e = WorkerError(f"internal error (id {error_id}; the worker's log has the details)")
         if not self.engine.healthy():
             self._mark_dead()
             code = grpc.StatusCode.UNAVAILABLE
@@ -130,6 +126,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def Generate(self, request: pb.GenerateRequest, context):
         try:
             self._check_accepting()
+            limits.check_generate(request)
             ids = self._prompt_ids(request.prompt)
             sampling = wire.sampling_from_pb(request.sampling)
             self._validate_sampling(sampling, len(ids))
@@ -154,6 +151,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def Score(self, request: pb.ScoreRequest, context):
         try:
             self._check_accepting()
+            limits.check_score(request)
             ids = self._prompt_ids(request.prompt)
             which = request.WhichOneof("continuation")
             if which == "continuation_text":
@@ -168,8 +166,6 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 raise InvalidRequest(f"token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
             if len(ids) + len(cont) > self.engine.info.context_length:
                 raise InvalidRequest("prompt + continuation exceed the model's context length")
-            if request.top_k < 0 or request.top_k > 100:
-                raise InvalidRequest(f"top_k must be in [0, 100] (got {request.top_k})")
             async with self.admission.slot():
                 r = await self.engine.score(ids, cont, request.top_k, list(request.candidate_ids))
             return pb.ScoreResponse(
@@ -183,8 +179,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def HiddenState(self, request: pb.HiddenStateRequest, context):
         try:
             self._check_accepting()
-            if not request.prompts:
-                raise InvalidRequest("HiddenState needs at least one prompt")
+            limits.check_hidden_state(request)
+            limits.check_layers_range(request.layers, self.engine.info.num_layers)
             prompts = [self._prompt_ids(p) for p in request.prompts]
             async with self.admission.slot():
                 results = await self.engine.hidden_states(prompts, list(request.layers),
@@ -200,6 +196,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     async def Tokenize(self, request: pb.TokenizeRequest, context):
         try:
+            limits.check_prompt(request.prompt)
             rendered = self.renderer.render(wire.prompt_from_pb(request.prompt))
             return pb.TokenizeResponse(token_ids=rendered.token_ids, rendered_text=rendered.text)
         except Exception as e:  # noqa: BLE001
