@@ -68,7 +68,7 @@ class RouterCore:
         trace.plan = plan.to_dict()
         ctx = Context(self.pool, plan.models, trace, deadline, emit)
         with trace.stage("execute"):
-            result = await plan.strategy.run(query, ctx)
+            result = await plan.strategy.answer(query, ctx)  # run, then flush the unstreamed rest
         trace.details.update(result.details)
         trace.stage_ms["total"] = (time.perf_counter() - t0) * 1e3
         return RouteResult(request_id=query.request_id, text=result.text,

@@ -35,6 +35,31 @@ class RouteQuery:
             return list(self.messages)
         return [ChatMessage(role="user", content=self.query)]
 
+    def split_conversation(self) -> tuple[list[ChatMessage], str, list[ChatMessage]]:
+        """(before, question, after): the conversation around its last user turn.
+
+        `before` holds the system prompt and the history up to the last user turn, `question` is that
+        turn's text, `after` what follows it (e.g. an assistant tool call and the tool's result). A
+        conversation without a user turn has its last message as the question. A strategy puts its own
+        template (filled with `question`) where the last user turn was, so nothing else is dropped.
+        """
+        msgs = self.conversation()
+        idx = max((i for i, m in enumerate(msgs) if m.role == "user"), default=len(msgs) - 1)
+        return msgs[:idx], msgs[idx].content, msgs[idx + 1:]
+
+    def rendered_text(self) -> str:
+        """The whole conversation as one plain text, for features and prompt-cost estimates.
+
+        A lone user turn is its text unchanged (what probes were trained on); a conversation is
+        `Role: content` blocks separated by blank lines, the same plain form base models are given
+        (workers/prompts.py), so the system prompt, the history and tool results all count.
+        """
+        msgs = self.conversation()
+        if len(msgs) == 1 and msgs[0].role == "user":
+            return msgs[0].content
+        return "\n\n".join(f"{m.role.capitalize()}: {m.content}" for m in msgs)
+
+
 
 @dataclass
 class Completion:

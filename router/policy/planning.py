@@ -129,12 +129,13 @@ class PlanningPolicy:
         from router.planner import Plan
 
         t0 = time.perf_counter()
-        prompt_tokens = max(1, len(query.query) // 4)
+        text = query.rendered_text()  # the whole conversation: system prompt, history, tool results
+        prompt_tokens = max(1, len(text) // 4)
         probe_info: dict[str, Any] = {"source": "priors (configured, not measured)"}
         if self.policy is not None:
             if pool is None:
                 raise RuntimeError("the probe policy needs the worker pool for hidden states")
-            feats, info = await self.features(pool, query.query, time.monotonic() + 30.0)
+            feats, info = await self.features(pool, text, time.monotonic() + 30.0)
             predictions = self.policy.predict(feats, prompt_tokens)
             probe_info = {"source": f"probe artifact {self.spec.artifact}", "drafter": self.drafter, **info}
         else:
@@ -149,7 +150,8 @@ class PlanningPolicy:
             raise InvalidRoute(str(e)) from e
         chosen = self.spec.candidates[decision.plan]
         cls = get_strategy(chosen.strategy)
-        options = cls.parse_options(self.config.router.strategies.get(chosen.strategy), chosen.options, query.options)
+        options = cls.parse_options(self.config.router.strategies.get(chosen.strategy), chosen.options,
+                                    request=query.options)
         candidates = {
             "ranked": [{"plan": c.plan, "p_correct": c.p_correct, "cost": c.cost, "latency_ms": c.latency_ms,
                         "utility": c.utility} for c in decision.ranked],

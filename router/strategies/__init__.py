@@ -49,4 +49,17 @@ def strategy_names() -> list[str]:
     return sorted(STRATEGIES)
 
 
-__all__ = ["Context", "Strategy", "StrategyOptions", "StrategyResult", "STRATEGIES", "get_strategy", "strategy_names"]
+def knob_table_markdown(name: str) -> str:
+    """The knob table of strategy `name` as Markdown, generated from its `Options` schema (the one
+    place knobs are validated); docs/strategies.md carries it (`python -m router.strategies`)."""
+    rows = get_strategy(name).Options.knob_table()
+    cols = ["knob", "type", "range", "default", "set by", "description"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [f"`{r['knob']}`", r["type"], r["range"], f"`{r['default']}`", r["set by"], r["description"]]
+        out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(out)
+
+
+__all__ = ["Context", "Strategy", "StrategyOptions", "StrategyResult", "STRATEGIES", "get_strategy", "knob_table_markdown",
+           "strategy_names"]

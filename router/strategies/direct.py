@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from router.strategies.base import Context, Strategy, StrategyOptions, StrategyResult
+from router.strategies.base import CONFIG_ONLY, Context, Strategy, StrategyOptions, StrategyResult
 from router.types import RouteQuery
-from workers.types import PromptInput, Sampling
+from workers.types import Sampling
 
 
 class DirectOptions(StrategyOptions):
-    thinking_budget: int = Field(0, ge=0)
+    thinking_budget: int = Field(0, ge=0, le=32768)
     """Cap on generated tokens for this answer (0 = the request's max_tokens)."""
-    system_prompt: str = ""
-    """Prepended as a system message when the query has none."""
+    system_prompt: str = Field("", max_length=8000, json_schema_extra=CONFIG_ONLY)
+    """Prepended as a system message when the conversation has none (config only)."""
 
 
 class Direct(Strategy):
@@ -21,19 +21,16 @@ class Direct(Strategy):
     Options = DirectOptions
 
     async def run(self, query: RouteQuery, ctx: Context) -> StrategyResult:
-        messages = query.conversation()
-        if self.options.system_prompt and messages[0].role != "system":
-            from workers.types import ChatMessage
-
-            messages = [ChatMessage("system", self.options.system_prompt), *messages]
+        o: DirectOptions = self.options  # type: ignore[assignment]
+        conv = ctx.prompts(query)
         max_tokens = query.max_tokens
-        if self.options.thinking_budget:
-            max_tokens = min(max_tokens, self.options.thinking_budget)
+        if o.thinking_budget:
+            max_tokens = min(max_tokens, o.thinking_budget)
         completion = await ctx.generate(
             "model",
-            PromptInput(messages=tuple(messages), add_generation_prompt=True),
+            conv.conversation(system_prompt=o.system_prompt),
             Sampling(max_tokens=max_tokens, temperature=query.temperature, top_p=query.top_p,
-                     seed=query.seed, stop=tuple(query.stop)),
+                     constraint=query.constraint, seed=query.seed, stop=conv.stop),
             stream=True,
         )
         return StrategyResult(text=completion.text, finish_reason=completion.finish_reason)

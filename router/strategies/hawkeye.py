@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from router.strategies.base import Context, Strategy, StrategyOptions, StrategyResult
-from router.strategies.steps import sampling, token_budget, user_turn
+from router.strategies.base import Context, Strategy, StrategyOptions, StrategyResult, fill_template
+from router.strategies.steps import sampling, token_budget
 from router.types import RouteQuery
 
-#: Both prompts verbatim from DESIGN.md / the paper.
+#: Both prompts verbatim from DESIGN.md / the paper (filled literally: `{question}`, `{cot}`).
 COT_PROMPT = "Question: {question}\nPlease generate a concise chain-of-thought reasoning without repeating the question:"
 ANSWER_PROMPT = "{question}\n{cot}\nThis is a chain-of-thought that helps you answer. So the answer is:"
 
@@ -22,7 +22,7 @@ ANSWER_PROMPT = "{question}\n{cot}\nThis is a chain-of-thought that helps you an
 class HawkeyeOptions(StrategyOptions):
     cot_tokens: int = Field(256, ge=1, le=8192)
     """Cap on the large model's concise chain of thought."""
-    answer_tokens: int = Field(0, ge=0)
+    answer_tokens: int = Field(0, ge=0, le=32768)
     """Cap on the small model's answer (0 = the request's max_tokens)."""
 
 
@@ -33,12 +33,12 @@ class Hawkeye(Strategy):
 
     async def run(self, query: RouteQuery, ctx: Context) -> StrategyResult:
         o: HawkeyeOptions = self.options  # type: ignore[assignment]
-        question = query.query or query.conversation()[-1].content
-        cot = await ctx.generate("large", user_turn(COT_PROMPT.format(question=question)),
+        conv = ctx.prompts(query)
+        cot = await ctx.generate("large", conv.turn(fill_template(COT_PROMPT, question=conv.question)),
                                  sampling(query, o.cot_tokens), step=0)
-        answer_prompt = ANSWER_PROMPT.format(question=question, cot=cot.text.strip())
-        answer = await ctx.generate("small", user_turn(answer_prompt),
-                                    sampling(query, token_budget(query, o.answer_tokens), query.stop),
+        answer_prompt = fill_template(ANSWER_PROMPT, question=conv.question, cot=cot.text.strip())
+        answer = await ctx.generate("small", conv.turn(answer_prompt),
+                                    sampling(query, token_budget(query, o.answer_tokens), conv.stop),
                                     step=1, stream=True)
         ctx.trace.details["hawkeye"] = {
             "cot": cot.text, "cot_tokens": cot.generated_tokens, "cot_prompt_tokens": cot.prompt_tokens,

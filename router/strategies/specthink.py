@@ -15,38 +15,51 @@ cheap), so any pair works, including one with different tokenizers. `handoff="to
 token ids as the reference code does and needs one tokenizer: `check_plan` refuses a pair whose
 tokenizers differ, naming both.
 
+The transcript is streamed as it grows (every piece added to it is final). It ends on EOS, one of
+the caller's stop strings, `max_segments`, or the token budget.
+
 Departure from the reference, documented: a look-ahead without keywords is kept (up to and
 including its first trigger) instead of discarded and regenerated; under greedy decoding the
 regenerated text is the same, so this only saves the small model's tokens.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from router.errors import PlanError
-from router.strategies.base import Context, Strategy, StrategyOptions, StrategyResult
+from router.strategies.base import (
+    CONFIG_ONLY, Context, PromptBuilder, Strategy, StrategyOptions, StrategyResult, fill_template,
+)
 from router.strategies.steps import (
-    STEP_SEPARATOR, continue_assistant, cut_after_first, ended_by_eos, find_keywords, sampling, token_budget,
+    STEP_SEPARATOR, caller_stop, cut_after_first, ended_by_eos, find_keywords, sampling, token_budget,
 )
 from router.types import Completion, ModelInfo, RouteQuery
 from workers.types import PromptInput
 
 #: The question turn (reference: "Please reason step by step, and put your final answer within \\boxed{}.").
-SPECTHINK_PROMPT = "Please reason step by step, and put your final answer within \\boxed{{}}.\n{problem}"
+SPECTHINK_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}.\n{problem}"
+
+#: A trigger: a short non-empty marker (e.g. "\n\n").
+Trigger = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+#: A keyword: a word or short phrase (matched case-insensitively at a word start).
+Keyword = Annotated[str, StringConstraints(max_length=32)]
 
 
 class SpecThinkOptions(StrategyOptions):
     handoff: Literal["text", "token"] = "text"
     """`text`: share the transcript as text (any pair); `token`: share token ids (pairs with one tokenizer)."""
-    triggers: list[str] = Field(default_factory=lambda: [STEP_SEPARATOR])
+    triggers: list[Trigger] = Field(default_factory=lambda: [STEP_SEPARATOR], min_length=1, max_length=4)
     """Where the small model pauses to look ahead (reference: "\\n\\n")."""
-    negative_keywords: list[str] = Field(default_factory=lambda: ["wait", "alternatively", "hold on", "another"])
+    negative_keywords: list[Keyword] = Field(default_factory=lambda: ["wait", "alternatively", "hold on", "another"],
+                                             max_length=32)
     """Reflective words: a look-ahead with one hands the segment to the large model; counts toward a recap."""
-    verify_keywords: list[str] = Field(default_factory=lambda: ["verify", "think again", "recap", "check"])
+    verify_keywords: list[Keyword] = Field(default_factory=lambda: ["verify", "think again", "recap", "check"],
+                                           max_length=32)
     """Verifying words: hand over, and the large model writes `verify_tokens` more."""
-    positive_keywords: list[str] = Field(default_factory=lambda: ["yeah", "yes", "final answer", "confident"])
+    positive_keywords: list[Keyword] = Field(default_factory=lambda: ["yeah", "yes", "final answer", "confident"],
+                                             max_length=32)
     """Affirming words: hand the segment to the large model."""
     lookahead_tokens: int = Field(20, ge=1, le=1024)
     """Tokens the small model writes after a trigger before the keyword check."""
@@ -54,26 +67,31 @@ class SpecThinkOptions(StrategyOptions):
     """Tokens the large model writes when it takes a segment over."""
     verify_tokens: int = Field(125, ge=0, le=8192)
     """Further large-model tokens when the chosen segment starts verifying (0 = never)."""
-    recap_after_negative: int = Field(15, ge=1)
+    recap_after_negative: int = Field(15, ge=1, le=64)
     """Negative segments before the large model writes a recap."""
-    recap_after_negative_step: int = Field(5, ge=0)
+    recap_after_negative_step: int = Field(5, ge=0, le=64)
     """Added to `recap_after_negative` after each recap (up to `max_recap_after_negative`)."""
-    max_recap_after_negative: int = Field(30, ge=1)
+    max_recap_after_negative: int = Field(30, ge=1, le=64)
+    """Cap on `recap_after_negative` as it grows."""
     recap_tokens: int = Field(125, ge=1, le=8192)
     """Tokens of the first recap."""
-    recap_tokens_step: int = Field(25, ge=0)
+    recap_tokens_step: int = Field(25, ge=0, le=1024)
     """Added to the recap length after each recap (up to `max_recap_tokens`)."""
-    max_recap_tokens: int = Field(200, ge=1)
-    recap_text: str = "Let me check whether there are some wrong steps:"
-    """Written into the transcript before the large model's recap."""
+    max_recap_tokens: int = Field(200, ge=1, le=8192)
+    """Cap on the recap length as it grows."""
+    recap_text: str = Field("Let me check whether there are some wrong steps:", max_length=1000,
+                            json_schema_extra=CONFIG_ONLY)
+    """Written into the transcript before the large model's recap (config only)."""
     choose_large: bool = True
     """Always keep the large model's segment when it is consulted (reference default). False keeps it only
     when the two segments' sentiments disagree (small negative and large not, or small positive and large negative)."""
-    begin_large_tokens: int = Field(0, ge=0)
+    begin_large_tokens: int = Field(0, ge=0, le=8192)
     """The large model writes the first N tokens of the reasoning (reference `begin`; 0 = off)."""
-    max_segment_tokens: int = Field(1024, ge=1)
+    max_segment_tokens: int = Field(1024, ge=1, le=32768)
     """Cap on one small-model segment (between triggers)."""
-    token_budget: int = Field(0, ge=0)
+    max_segments: int = Field(24, ge=1, le=24)
+    """Cap on the segments (look-ahead points): a run makes at most 5 x max_segments + 2 model calls."""
+    token_budget: int = Field(0, ge=0, le=32768)
     """Cap on the transcript's generated tokens (0 = the request's max_tokens)."""
 
     @model_validator(mode="after")
@@ -97,18 +115,20 @@ def sentiment(text: str, o: SpecThinkOptions) -> tuple[int, list[str]]:
 class _Transcript:
     """The shared reasoning so far: text (any pair), plus token ids in token hand-off (one tokenizer)."""
 
-    def __init__(self, ctx: Context, user_msg: str, token_ids: list[int] | None) -> None:
-        self.ctx, self.user_msg, self.text, self.ids = ctx, user_msg, "", token_ids
+    def __init__(self, ctx: Context, conv: PromptBuilder, user_msg: str, token_ids: list[int] | None) -> None:
+        self.ctx, self.conv, self.user_msg, self.text, self.ids = ctx, conv, user_msg, "", token_ids
 
     def prompt(self) -> PromptInput:
         if self.ids is not None:
             return PromptInput(token_ids=tuple(self.ids))
-        return continue_assistant(self.user_msg, self.text)
+        return self.conv.turn(self.user_msg, self.text)
 
     async def add(self, text: str, completion: Completion | None = None) -> None:
-        """Append `text`; in token hand-off, `completion`'s own ids when `text` is its whole output,
-        else the text re-tokenized (without the BOS a worker prepends to text prompts)."""
+        """Append `text` (and stream it: the transcript is the answer); in token hand-off, `completion`'s
+        own ids when `text` is its whole output, else the text re-tokenized (without the BOS a worker
+        prepends to text prompts)."""
         self.text += text
+        await self.ctx.emit_text(text)
         if self.ids is None or not text:
             return
         if completion is not None and text == completion.text and completion.token_ids:
@@ -137,9 +157,10 @@ class SpeculativeThinking(Strategy):
 
     async def run(self, query: RouteQuery, ctx: Context) -> StrategyResult:
         o: SpecThinkOptions = self.options  # type: ignore[assignment]
-        user_msg = SPECTHINK_PROMPT.format(problem=query.query or query.conversation()[-1].content)
+        conv = ctx.prompts(query)
+        user_msg = fill_template(SPECTHINK_PROMPT, problem=conv.question)
         budget = token_budget(query, o.token_budget)
-        tr = await self._transcript(ctx, user_msg)
+        tr = await self._transcript(ctx, conv, user_msg)
         takeovers: list[dict] = []
         used = {"small": 0, "large": 0}
         neg_count, recap_after, recap_tokens = 0, o.recap_after_negative, o.recap_tokens
@@ -150,9 +171,14 @@ class SpeculativeThinking(Strategy):
             return budget - used["small"] - used["large"]
 
         async def call(role: str, n: int, step: int, stop: tuple[str, ...] = ()) -> Completion:
-            c = await ctx.generate(role, tr.prompt(), sampling(query, min(n, left()), stop), step=step)
+            """One generation over the transcript; the caller's stop strings always apply."""
+            c = await ctx.generate(role, tr.prompt(), sampling(query, min(n, left()), (*stop, *conv.stop)), step=step)
             used[role] += c.generated_tokens
             return c
+
+        def ended(c: Completion) -> str | None:
+            """Why `c` (just added to the transcript) ends it: "stop_string", "eos", or None."""
+            return "stop_string" if caller_stop(c, conv.stop) else ("eos" if ended_by_eos(c) else None)
 
         async def take_over(reason: str, n: int, step: int, trigger: list[str]) -> Completion:
             c = await call("large", n, step)
@@ -163,12 +189,18 @@ class SpeculativeThinking(Strategy):
 
         step = 0
         if o.begin_large_tokens:
-            if ended_by_eos(await take_over("begin", o.begin_large_tokens, step, [])):
-                stop_reason = "eos"
+            stop_reason = ended(await take_over("begin", o.begin_large_tokens, step, [])) or stop_reason
         at_trigger = False
-        while stop_reason != "eos" and left() > 0:
+        while stop_reason == "budget" and left() > 0:
+            if step >= o.max_segments:
+                stop_reason = "max_segments"
+                break
             if not at_trigger:
                 seg = await call("small", o.max_segment_tokens, step, tuple(o.triggers))
+                if caller_stop(seg, conv.stop):  # the caller's stop wins over a trigger; it is not kept
+                    await tr.add(seg.text, seg)
+                    stop_reason = "stop_string"
+                    break
                 await tr.add(seg.text + seg.stop_string, seg)  # the trigger stays in the transcript
                 if not seg.stop_string:
                     stop_reason = "eos" if ended_by_eos(seg) else "budget"
@@ -183,8 +215,7 @@ class SpeculativeThinking(Strategy):
                 neg_count = 0
                 recap_tokens = min(recap_tokens + o.recap_tokens_step, o.max_recap_tokens)
                 recap_after = min(recap_after + o.recap_after_negative_step, o.max_recap_after_negative)
-                if ended_by_eos(c):
-                    stop_reason = "eos"
+                stop_reason = ended(c) or stop_reason
                 continue
             look = await call("small", o.lookahead_tokens, step)
             lookaheads += 1
@@ -193,8 +224,8 @@ class SpeculativeThinking(Strategy):
                 kept, hit = cut_after_first(look.text, o.triggers)
                 await tr.add(kept, look)
                 at_trigger = hit
-                if ended_by_eos(look) and not hit:
-                    stop_reason = "eos"
+                if not hit:
+                    stop_reason = ended(look) or stop_reason
                 continue
             big = await call("large", o.takeover_tokens, step)
             l_sent, _ = sentiment(big.text, o)
@@ -208,24 +239,24 @@ class SpeculativeThinking(Strategy):
                 chosen, final = look, s_sent
             if final < 0:
                 neg_count += 1
-            if ended_by_eos(chosen):
-                stop_reason = "eos"
+            if ended(chosen):
+                stop_reason = ended(chosen) or stop_reason
                 break
             if o.verify_tokens and find_keywords(chosen.text, o.verify_keywords) and left() > 0:
                 c = await take_over("verify", o.verify_tokens, step, find_keywords(chosen.text, o.verify_keywords))
-                if ended_by_eos(c):
-                    stop_reason = "eos"
+                stop_reason = ended(c) or stop_reason
         ctx.trace.details["specthink"] = {
             "handoff": o.handoff, "takeovers": takeovers, "takeover_count": len(takeovers),
             "lookaheads": lookaheads, "segments": step, "tokens": dict(used), "stop_reason": stop_reason,
         }
-        return StrategyResult(text=tr.text, finish_reason="stop" if stop_reason == "eos" else "length")
+        finish = "stop" if stop_reason in ("eos", "stop_string") else "length"
+        return StrategyResult(text=tr.text, finish_reason=finish)
 
-    async def _transcript(self, ctx: Context, user_msg: str) -> _Transcript:
+    async def _transcript(self, ctx: Context, conv: PromptBuilder, user_msg: str) -> _Transcript:
         if self.options.handoff == "text":  # type: ignore[attr-defined]
-            return _Transcript(ctx, user_msg, None)
+            return _Transcript(ctx, conv, user_msg, None)
         # Token hand-off: one tokenizer (check_plan refused otherwise); the prompt ids come from the small model.
-        return _Transcript(ctx, user_msg, list(await ctx.tokenize("small", continue_assistant(user_msg, ""))))
+        return _Transcript(ctx, conv, user_msg, list(await ctx.tokenize("small", conv.turn(user_msg))))
 
 
 __all__ = ["SpeculativeThinking", "SpecThinkOptions", "sentiment"]

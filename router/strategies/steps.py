@@ -1,9 +1,11 @@
 """Shared helpers of the pair strategies: prompts, step contexts, keyword matching, budgets.
 
-Every prompt here is built as chat messages (`PromptInput(messages=...)`), so each worker renders
-it with its own model's chat template (or the plain-text fallback of a base model, see
-`workers/prompts.py`) and its own tokenizer. That is what lets a pair with different tokenizers
-share one transcript as text.
+Every prompt here is built as chat messages (`PromptInput(messages=...)`) by the request's
+`PromptBuilder` (`ctx.prompts(query)`): the whole conversation (system prompt, history, tool
+results) with the strategy's own turn in place of the last user turn. Each worker renders it with
+its own model's chat template (or the plain-text fallback of a base model, see `workers/prompts.py`)
+and its own tokenizer. That is what lets a pair with different tokenizers share one transcript as text.
+Templates are filled literally (`fill_template`), never with `str.format`.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import re
 from typing import Iterable
 
 from router.errors import PlanError
-from router.strategies.base import Context
+from router.strategies.base import Context, PromptBuilder
 from router.types import Completion, RouteQuery
 from workers.types import ChatMessage, PromptInput, Sampling
 
@@ -43,21 +45,9 @@ def ended_by_eos(c: Completion) -> bool:
     return c.finish_reason == "stop" and not c.stop_string
 
 
-def user_turn(text: str) -> PromptInput:
-    """One user message, ready for the assistant's reply (a base model sees just `text`)."""
-    return PromptInput(messages=(ChatMessage("user", text),), add_generation_prompt=True)
-
-
-def continue_assistant(user_text: str, assistant_text: str) -> PromptInput:
-    """The user turn, then an unfinished assistant turn the model continues (no end-of-turn token).
-
-    With an empty `assistant_text` this is just `user_turn(user_text)`: the reference code also
-    opens the first step with a plain generation prompt.
-    """
-    if not assistant_text:
-        return user_turn(user_text)
-    return PromptInput(messages=(ChatMessage("user", user_text), ChatMessage("assistant", assistant_text)),
-                       add_generation_prompt=False, continue_final_message=True)
+def caller_stop(c: Completion, stop: Iterable[str]) -> bool:
+    """True when `c` ended on one of the caller's stop strings (the answer ends there)."""
+    return bool(c.stop_string) and c.stop_string in tuple(stop)
 
 
 # --- SpecReason -------------------------------------------------------------------------------
@@ -65,7 +55,7 @@ def continue_assistant(user_text: str, assistant_text: str) -> PromptInput:
 #: The first user turn (reference: ruipeterpan/specreason `get_first_user_msg`).
 SPECREASON_PROMPT = (
     "Solve the following math problem efficiently and clearly. Please reason step by step, separate logical "
-    "reasoning steps with two newline characters (a blank line), and put your final answer within \\boxed{{}}.\n"
+    "reasoning steps with two newline characters (a blank line), and put your final answer within \\boxed{}.\n"
     "Problem: {problem}"
 )
 
@@ -85,17 +75,20 @@ def steps_text(steps: list[str]) -> str:
     return "<think>" + STEP_SEPARATOR.join(steps) + STEP_SEPARATOR
 
 
-def step_prompt(user_msg: str, steps: list[str]) -> PromptInput:
-    """The prompt that asks for the next step (both the drafter and the regenerating reasoner use it)."""
-    return continue_assistant(user_msg, steps_text(steps) if steps else "")
+def step_prompt(conv: PromptBuilder, user_msg: str, steps: list[str]) -> PromptInput:
+    """The prompt that asks for the next step (both the drafter and the regenerating reasoner use it):
+    the conversation with `user_msg` as its last user turn, the steps so far as an open assistant turn
+    (the first step opens with a plain generation prompt, as in the reference code)."""
+    return conv.turn(user_msg, steps_text(steps) if steps else "")
 
 
-def judge_prompt(user_msg: str, steps: list[str]) -> PromptInput:
-    """Prefill-only judge prompt: steps so far (the last one being judged) as an unfinished `<think>`
-    turn, the judge instruction as a user turn, then the open assistant prefix `JUDGE_PREFIX`."""
+def judge_prompt(conv: PromptBuilder, user_msg: str, steps: list[str]) -> PromptInput:
+    """Prefill-only judge prompt: the conversation, steps so far (the last one being judged) as an
+    unfinished `<think>` turn, the judge instruction as a user turn, then the open assistant prefix
+    `JUDGE_PREFIX`."""
     return PromptInput(
-        messages=(
-            ChatMessage("user", user_msg),
+        messages=conv.messages(
+            user_msg,
             ChatMessage("assistant", steps_text(steps)),
             ChatMessage("user", JUDGE_INSTRUCTION),
             ChatMessage("assistant", JUDGE_PREFIX),

@@ -323,3 +323,230 @@ def test_registry_names_the_pair_strategies():
     assert {"specreason", "specthink", "cothink", "hawkeye"} <= set(strategy_names())
     for name in ("specreason", "specthink", "cothink", "hawkeye"):
         assert get_strategy(name).roles == ("small", "large")
+
+
+# --- Knobs: one bounded schema per strategy; templates are configuration ----------------------
+
+import gc  # noqa: E402
+
+import psutil  # noqa: E402
+
+from router.strategies import STRATEGIES, strategy_names  # noqa: E402
+from router.strategies.base import describe_knob, fill_template  # noqa: E402
+from router.strategies.cothink import CoThink  # noqa: E402
+
+PAIRS = ("specreason", "specthink", "cothink", "hawkeye")
+
+
+def rss() -> int:
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+def test_a_request_cannot_set_a_prompt_template_and_memory_does_not_move():
+    before = rss()
+    for _ in range(20):
+        with pytest.raises(InvalidRoute, match=r"outline_prompt may be set in the router config only"):
+            CoThink.parse_options({}, request={"outline_prompt": "{question}{question:>2000000000}"})
+    assert rss() - before < 20 * 2**20                      # the format-string request would allocate ~2 GB
+    for name, knob in [("cothink", "reasoner_prompt"), ("specthink", "recap_text"), ("direct", "system_prompt")]:
+        with pytest.raises(InvalidRoute, match=knob):
+            get_strategy(name).parse_options(request={knob: "{question}{outline}"})
+    # The same knob from config is accepted (it is configuration).
+    assert CoThink.parse_options({"outline_prompt": "Plan: {question}"}).outline_prompt == "Plan: {question}"
+
+
+async def test_config_templates_are_filled_literally():
+    """`{question.__class__.__mro__}` and a format spec in a config template are inserted as written;
+    only `{question}` / `{outline}` are replaced, and once (a question holding "{outline}" stays so)."""
+    evil = "{question.__class__.__mro__} {question:>2000000000} {{}} {question} {nope}"
+    opts = CoThink.parse_options({"outline_prompt": evil, "reasoner_prompt": "{question}|{outline}|{outline!r}"})
+    pool = FakePool({"S": lambda p: "OUTLINE", "L": lambda p: "done"})
+    query = RouteQuery(query="Q {outline} {question}", max_tokens=100)
+    before = rss()
+    await CoThink(opts).run(query, make_ctx(pool))
+    assert rss() - before < 20 * 2**20
+    outliner = pool.generated_by("S")[0].messages[-1].content
+    assert outliner == ("{question.__class__.__mro__} {question:>2000000000} {{}} Q {outline} {question} {nope}")
+    assert pool.generated_by("L")[0].messages[-1].content == "Q {outline} {question}|OUTLINE|{outline!r}"
+    assert fill_template("{a}{b}", a="{b}", b="x") == "{b}x"
+
+
+@pytest.mark.parametrize("name", ["direct", *PAIRS])
+def test_every_knob_has_a_documented_finite_bound(name):
+    cls = get_strategy(name)
+    for knob, f in cls.Options.model_fields.items():
+        kind, rng = describe_knob(f)
+        assert "inf" not in rng and "unbounded" not in rng, f"{name}.{knob} is unbounded: {kind} {rng}"
+        assert f.description, f"{name}.{knob} has no description"
+
+
+def test_docs_table_is_the_schema():
+    """docs/strategies.md carries, for every strategy, the knob table generated from its schema."""
+    from pathlib import Path
+
+    from router.strategies import knob_table_markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "strategies.md").read_text()
+    for name in strategy_names():
+        assert knob_table_markdown(name) in doc, f"docs/strategies.md: the knob table of {name!r} is stale; " \
+                                                  f"regenerate it with `python -m router.strategies`"
+
+
+@pytest.mark.parametrize("name, knobs, needle", [
+    ("specreason", {"max_steps": 500}, r"max_steps: .*\(expected int, \[1, 32\]\); got 500"),
+    ("specreason", {"threshold": 11}, r"threshold: .*\[0.0, 10.0\]"),
+    ("specthink", {"triggers": ["a"] * 50}, r"triggers: .*\(expected list\[str\], 1-4 items, each 1-16 chars\)"),
+    ("specthink", {"triggers": ["x" * 100]}, r"triggers.0: .*at most 16"),
+    ("specthink", {"negative_keywords": ["w"] * 1000}, r"negative_keywords: .*0-32 items"),
+    ("specthink", {"max_segments": 1000}, r"max_segments: .*\[1, 24\]"),
+    ("specthink", {"lookahead_tokens": 0}, r"lookahead_tokens: .*\[1, 1024\]"),
+    ("cothink", {"answer_tokens": 10**9}, r"answer_tokens: .*\[0, 32768\]"),
+    ("hawkeye", {"cot_tokens": -1}, r"cot_tokens: .*\[1, 8192\]"),
+    ("direct", {"thinking_budget": 10**6}, r"thinking_budget: .*\[0, 32768\]"),
+])
+def test_out_of_range_knobs_name_the_knob_and_the_range(name, knobs, needle):
+    with pytest.raises(InvalidRoute, match=needle):
+        get_strategy(name).parse_options(request=knobs)
+
+
+def test_error_for_a_huge_value_is_short():
+    with pytest.raises(InvalidRoute) as e:
+        get_strategy("specthink").parse_options(request={"triggers": ["x" * 10**7]})
+    assert len(str(e.value)) < 2000
+
+
+async def test_specreason_calls_are_bounded_at_the_largest_knobs():
+    pool = FakePool({"S": lambda p: "w\n\n", "L": lambda p: f"step {len(assistant_text(p))}\n\n"}, judge={0: 1.0})
+    ctx = make_ctx(pool)
+    opts = SpecReason.parse_options(request={"max_steps": 32, "threshold": 10, "max_step_tokens": 64, "token_budget": 32768})
+    await SpecReason(opts).run(RouteQuery(query="q", max_tokens=32768), ctx)
+    n = len(pool.calls) + 10                                  # + the digit tokenize calls
+    assert ctx.trace.details["specreason"]["stop_reason"] == "max_steps"
+    assert n == 3 * 32 + 10                                   # at the bound: every step drafted, judged, redone
+
+
+@pytest.mark.parametrize("handoff", ["text", "token"])
+async def test_specthink_calls_are_bounded_at_the_largest_knobs(handoff):
+    class Counting(FakePool):
+        tokenizes = 0
+
+        async def tokenize(self, model, prompt, *, deadline):
+            self.tokenizes += 1
+            return await super().tokenize(model, prompt, deadline=deadline)
+
+    # Every segment: a look-ahead with a keyword, a takeover that verifies, a verify extension.
+    pool = Counting({"S": lambda p: "wait check\n\nwait", "L": lambda p: "check " * 50})
+    ctx = make_ctx(pool)
+    opts = SpeculativeThinking.parse_options(request={
+        "handoff": handoff, "max_segments": 24, "lookahead_tokens": 20, "takeover_tokens": 6, "verify_tokens": 1,
+        "recap_after_negative": 64, "begin_large_tokens": 1, "max_segment_tokens": 64, "token_budget": 32768})
+    await SpeculativeThinking(opts).run(RouteQuery(query="q", max_tokens=32768), ctx)
+    n = len(pool.calls) + pool.tokenizes
+    assert ctx.trace.details["specthink"]["stop_reason"] == "max_segments"
+    assert 4 * 24 <= n <= 5 * 24 + 2, n                   # near the bound: the fake makes every step work
+
+
+# --- Streaming: the deltas are the answer, for every strategy -----------------------------------
+
+STREAM_SCRIPTS = {
+    "direct": {"M": lambda p: "Direct answer: \\boxed{4}."},
+    "specreason": {"S": document(SMALL_STEPS, fallback="A small guess.\n\n"), "L": document(LARGE_STEPS)},
+    "specthink": {"S": document(SMALL_THOUGHTS, fallback="Done: \\boxed{4}."), "L": lambda p: " Indeed, four." * 5},
+    "cothink": {"S": lambda p: "1. add", "L": lambda p: "2 + 2 = \\boxed{4}"},
+    "hawkeye": {"L": lambda p: "add them", "S": lambda p: " 4"},
+}
+
+
+@pytest.mark.parametrize("name", ["direct", *PAIRS])
+@pytest.mark.parametrize("threshold", [0, 10])
+async def test_streamed_deltas_concatenate_to_the_answer(name, threshold):
+    pool = FakePool(STREAM_SCRIPTS[name], judge={9: 1.0} if threshold == 0 else {0: 1.0})
+    deltas: list[str] = []
+
+    async def emit(d: str) -> None:
+        deltas.append(d)
+
+    models = {"model": "M"} if name == "direct" else {"small": "S", "large": "L"}
+    ctx = Context(pool, models, Trace(), time.monotonic() + 30, emit=emit)
+    cls = get_strategy(name)
+    opts = cls.parse_options(request={"threshold": threshold} if name == "specreason" else {})
+    result = await cls(opts).answer(QUERY, ctx)
+    assert result.text and "".join(deltas) == result.text
+    assert "stream_mismatch" not in ctx.trace.details
+    if name in ("specreason", "specthink"):
+        assert len(deltas) > 2                                # streamed as the transcript grows, not at the end
+
+
+async def test_flush_sends_only_the_unstreamed_rest():
+    deltas: list[str] = []
+
+    async def emit(d: str) -> None:
+        deltas.append(d)
+
+    ctx = make_ctx(FakePool({}), emit)
+    await ctx.emit_text("Hello")
+    await ctx.flush("Hello, world")
+    assert deltas == ["Hello", ", world"]
+    await ctx.flush("Goodbye")                                # not a continuation: recorded, not sent
+    assert deltas == ["Hello", ", world"] and ctx.trace.details["stream_mismatch"]
+
+
+# --- The whole conversation reaches every model call ------------------------------------------
+
+from workers.types import ChatMessage  # noqa: E402
+
+CONVERSATION = [
+    ChatMessage("system", "You are a terse tutor. SYS-MARK"),
+    ChatMessage("user", "What is 1 + 1? FIRST-Q"),
+    ChatMessage("assistant", "2. FIRST-A"),
+    ChatMessage("user", "And 2 + 2? LAST-Q"),
+    ChatMessage("assistant", "Let me use the calculator. TOOL-CALL"),
+    ChatMessage("tool", "4 TOOL-RESULT"),
+]
+
+
+@pytest.mark.parametrize("name", ["direct", *PAIRS])
+async def test_every_prompt_carries_the_whole_conversation_and_stop_reaches_the_answer(name):
+    pool = FakePool(STREAM_SCRIPTS[name] if name != "direct" else {"M": lambda p: "4"})
+    models = {"model": "M"} if name == "direct" else {"small": "S", "large": "L"}
+    ctx = Context(pool, models, Trace(), time.monotonic() + 30)
+    query = RouteQuery(messages=list(CONVERSATION), max_tokens=400, stop=["STOP-HERE"])
+    cls = get_strategy(name)
+    await cls(cls.parse_options()).answer(query, ctx)
+    prompts = [(p, s) for m, kind, p, s in pool.calls if kind in ("generate", "score")]
+    assert prompts
+    for prompt, _ in prompts:
+        msgs = list(prompt.messages)
+        # system, first exchange and the tool exchange are there, in order, around the strategy's own turn
+        assert msgs[:3] == CONVERSATION[:3]
+        assert msgs[3].role == "user" and "LAST-Q" in msgs[3].content
+        assert msgs[4:6] == CONVERSATION[4:6]
+    answer_calls = [s for m, kind, p, s in pool.calls if kind == "generate"]
+    if name in ("cothink", "hawkeye"):
+        answer_calls = answer_calls[-1:]                      # the outline / CoT is not the answer
+    assert all("STOP-HERE" in s.stop for s in answer_calls)
+
+
+async def test_a_caller_stop_string_ends_the_pair_transcripts():
+    pool = FakePool({"S": document("One.\n\nTwo END three.\n\nFour.", fallback="x"), "L": document("never")},
+                    judge={9: 1.0})
+    ctx = make_ctx(pool)
+    q = RouteQuery(query="q", max_tokens=400, stop=["END"])
+    result = await SpecReason(SpecReason.parse_options(request={"threshold": 0})).run(q, ctx)
+    assert result.text == "One.\n\nTwo " and ctx.trace.details["specreason"]["stop_reason"] == "stop_string"
+    pool = FakePool({"S": document("One.\n\nTwo END three.\n\nFour.", fallback="x"), "L": lambda p: "never"})
+    ctx = make_ctx(pool)
+    opts = SpeculativeThinking.parse_options(request={"negative_keywords": [], "verify_keywords": [],
+                                                      "positive_keywords": []})
+    result = await SpeculativeThinking(opts).run(q, ctx)
+    assert result.text == "One.\n\nTwo " and ctx.trace.details["specthink"]["stop_reason"] == "stop_string"
+    assert result.finish_reason == "stop"
+
+
+def test_rendered_text_is_the_question_alone_or_the_whole_conversation():
+    assert RouteQuery(query="What is 2 + 2?").rendered_text() == "What is 2 + 2?"
+    text = RouteQuery(messages=list(CONVERSATION)).rendered_text()
+    for m in CONVERSATION:
+        assert m.content in text
+    assert text.startswith("System: You are a terse tutor.")
