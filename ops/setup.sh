@@ -48,6 +48,23 @@ else
   pip install -q --no-deps --no-build-isolation -e . 1>&2
   echo "$want" > "$STAMP"
 fi
+# LlamaIndex's OpenAI client pins openai<3 while the main environment has openai 3 (openai-agents,
+# langchain-openai): it gets a small environment of its own, used only by the agent-framework tests.
+LI_VENV=${THINKROUTE_LLAMAINDEX_VENV:-$ROOT/.venv-llamaindex}
+LI_LOCK=ops/requirements-llamaindex.lock
+LI_STAMP=$LI_VENV/.thinkroute-setup-stamp
+li_want="$(sha256sum "$LI_LOCK" | cut -c1-16)"
+if [ -f "$LI_STAMP" ] && [ "$(cat "$LI_STAMP")" = "$li_want" ] && [ -x "$LI_VENV/bin/python" ]; then
+  step "LlamaIndex environment up to date ($LI_VENV)"
+else
+  step "creating the LlamaIndex environment $LI_VENV ($LI_LOCK)"
+  [ -x "$LI_VENV/bin/python" ] || $PY -m venv "$LI_VENV"
+  "$LI_VENV/bin/pip" install --progress-bar on -q --upgrade pip 1>&2
+  "$LI_VENV/bin/pip" install --progress-bar on -r "$LI_LOCK" 1>&2
+  "$LI_VENV/bin/python" -c "from llama_index.llms.openai_like import OpenAILike" \
+    || { echo "setup: the LlamaIndex environment is broken (import llama_index.llms.openai_like failed)" >&2; exit 1; }
+  echo "$li_want" > "$LI_STAMP"
+fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 step "checking the environment"
