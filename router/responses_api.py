@@ -44,10 +44,11 @@ from router.http_api import ApiError
 #: Request fields accepted and ignored (they change nothing a stateless router could honour).
 IGNORED_FIELDS = frozenset({"metadata", "user", "include", "reasoning", "truncation", "service_tier",
                             "stream_options", "safety_identifier", "prompt_cache_retention", "top_logprobs",
-                            "max_tool_calls", "store"})
+                            "max_tool_calls", "store", "prompt_cache_options", "context_management"})
 KNOWN_FIELDS = IGNORED_FIELDS | {"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
                                  "text", "max_output_tokens", "temperature", "top_p", "stream", "prompt_cache_key",
-                                 "seed", "thinkroute", "previous_response_id", "conversation", "background"}
+                                 "seed", "thinkroute", "previous_response_id", "conversation", "background",
+                                 "prompt"}
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _MESSAGE_ROLES = ("user", "system", "developer", "assistant")
 
@@ -201,6 +202,9 @@ def to_chat_request(body: Any) -> dict[str, Any]:
     if body.get("conversation"):
         raise _bad("conversation is not supported: this router is stateless; send the whole conversation in `input`",
                    "conversation", "unsupported_value")
+    if body.get("prompt"):
+        raise _bad("prompt (a stored prompt template) is not supported: nothing is stored here; send `instructions` "
+                   "and `input`", "prompt", "unsupported_value")
     if body.get("background"):
         raise _bad("background responses are not supported (nothing is stored to poll); omit `background`",
                    "background", "unsupported_value")

@@ -10,9 +10,10 @@ each switch recomputes the whole prefix. Two pieces keep a session together:
   first messages (the leading system messages and the first user message), which stay the same
   for every turn of one agent run. Explicit keys are data: bounded length, printable ASCII, and
   scoped to the tenant (a key never reaches another tenant's pins).
-- the **plan pin** (`SessionPins`, consulted by `Planner.plan`): the first plan the policy chose
-  for a session is reused by its later turns, as long as the dial is the same; a bounded LRU
-  with a time-to-live, one per router replica.
+- the **plan pin** (`SessionPins`, consulted by `Planner.plan`): the plan the policy chose for a
+  session's first turn is reused by its later turns (those with assistant or tool messages), as
+  long as the dial and the use of tools are the same; a bounded LRU with a time-to-live, one per
+  router replica. A first turn is always planned afresh.
 - the **replica pick** (`router/scorers/session.py`): the `session` replica scorer prefers, by
   rendezvous hashing over the replica addresses, the same replica of a model for a session; it
   needs no state, so every router replica picks the same one, and a replica that goes down
@@ -83,6 +84,12 @@ def default_key(messages: Sequence[ChatMessage]) -> str:
             h.update(len(data).to_bytes(8, "big"))
             h.update(data)
     return DEFAULT_KEY_PREFIX + h.hexdigest()[:16]
+
+
+def follow_up(messages: Sequence[ChatMessage]) -> bool:
+    """True for a later turn of a conversation (it holds an assistant or tool message): only those
+    reuse a pinned plan; a first turn is planned afresh (and pins its plan)."""
+    return any(m.role in ("assistant", "tool") for m in messages)
 
 
 def bind(key: str) -> None:

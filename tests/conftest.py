@@ -175,7 +175,7 @@ def gemma3_dir() -> Path:
 
 #: Integration modules that start their own engines run first, each releasing them at its end,
 #: before the shared WorkerFarm starts: peak memory stays within a 24 GiB machine.
-_RUN_FIRST = ("test_vllm_engine.py", "test_redis_kv.py")
+_RUN_FIRST = ("test_vllm_engine.py", "test_redis_kv.py", "test_sessions.py")
 
 
 def _order(item) -> tuple[int, int]:

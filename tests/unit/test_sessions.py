@@ -141,6 +141,8 @@ async def test_a_session_keeps_its_first_plan_and_the_trace_says_so():
     assert plans[0].session == sessions.default_key([SYSTEM, TASK]) == sessions.current()
     assert plans[3].reason.startswith(f"session {plans[0].session}: the plan of its first turn, kept for turn 4")
     assert plans[3].to_dict()["session"] == plans[0].session
+    again = await planner.plan(_turns(1)[0])  # the same first turn again: a new run of the agent, planned afresh
+    assert policy.calls == 2 and again.reason == "call 2"
 
 
 async def test_pins_follow_the_dial_the_explicit_key_and_the_config():
