@@ -72,8 +72,10 @@ class Planner:
         return key
 
     def _pinned(self, query: RouteQuery, key: str, dial: float) -> Plan | None:
-        """The session's pinned plan, when it has one made at this dial with the same tool use."""
-        pin = self.pins.get(query.tenant, key) if (self.pins is not None and key) else None
+        """The session's pinned plan for a follow-up turn, when it was made at this dial with the same tool use."""
+        if self.pins is None or not key or not sessions.follow_up(query.conversation()):
+            return None
+        pin = self.pins.get(query.tenant, key)
         if pin is None or pin.dial != dial or pin.with_tools != bool(getattr(query, "tools", None)):
             return None
         cls = get_strategy(pin.strategy)
