@@ -40,6 +40,37 @@ def _file_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+#: Files whose content defines a checkpoint's weights (and how they are read).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def weights_fingerprint(directory: str | Path) -> str:
+    """Stable content key of the weights in a model directory (16 hex digits).
+
+    For a directory `materialize` wrote, it is the key already in its name (the GGUF file's
+    content key and this converter's FORMAT_VERSION), so no weight file is read. Otherwise
+    it is derived from config.json and each weight file's `_file_key` (size plus the first
+    and last MiB). The prefix cache puts it into every KV block's namespace: weights that
+    differ never share cached KV.
+    """
+    d = Path(directory)
+    name = d.name
+    prefix, sep, key = name.rpartition("-")
+    if sep and len(key) == 16 and all(c in "0123456789abcdef" for c in key) and prefix.endswith(f"-v{FORMAT_VERSION}") \
+            and d.parent == cache_root() / "models":
+        return key
+    h = hashlib.sha256(b"thinkroute-weights/1")
+    cfg = d / "config.json"
+    if cfg.is_file():
+        h.update(cfg.read_bytes())
+    files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix in _WEIGHT_SUFFIXES) if d.is_dir() else []
+    if d.is_file():
+        files = [d]
+    for f in files:
+        h.update(f.name.encode() + b"\0" + _file_key(f).encode())
+    return h.hexdigest()[:16]
+
+
 def materialize(spec: ModelSpec, progress: Callable[[str], None] | None = None) -> Path:
     """Return a directory with config.json, model.safetensors and the tokenizer for `spec`.
 

@@ -55,10 +55,13 @@ class PoolPrefixScorer:
     needs_prompt_ids = True
 
     def __init__(self, redis_url: str | None = None, block_size: int = 128, dtype: str = "float32",
-                 layout: str = "cpu:blocks-first", **knobs) -> None:
+                 layout: str = "cpu:blocks-first", password_env: str | None = None, tls: bool = False,
+                 tls_ca_file: str | None = None, **knobs) -> None:
         from router.scorers.prefix import PrefixScorerConfig
 
         self.redis_url, self.block_size, self.dtype, self.layout = redis_url, block_size, dtype, layout
+        # Redis auth and TLS: the password is read from $password_env when the client is built, never passed in.
+        self.password_env, self.tls, self.tls_ca_file = password_env, tls, tls_ca_file
         self.knobs = PrefixScorerConfig(**knobs)
         self._scorers: dict[str, object] = {}
 
@@ -70,7 +73,8 @@ class PoolPrefixScorer:
             from workers.kv.store import RedisStore, StoreConfig
 
             ns = Namespace(model_id=model, dtype=self.dtype, block_size=self.block_size, layout=self.layout)
-            index = PrefixIndex(RedisStore(StoreConfig(url=self.redis_url, socket_timeout_s=0.05)), ns)
+            index = PrefixIndex(RedisStore(StoreConfig(url=self.redis_url, socket_timeout_s=0.05, password_env=self.password_env,
+                                                       tls=self.tls, tls_ca_file=self.tls_ca_file)), ns)
             self._scorers[model] = PrefixAffinityScorer(index, ns, self.knobs)
         return self._scorers[model]
 
@@ -80,7 +84,9 @@ class PoolPrefixScorer:
             return {r: 0.0 for r in replicas}
         by_id = {ids.get(r, r): r for r in replicas}
         loads = {ids.get(r, r): n for r, n in request.inflight.items()}
-        scores = self._scorer(request.model).score(list(by_id), request.prompt_ids, loads)
+        # A salted request (its tenant's cache salt, when the pool passes it) sees only warm entries of its salt.
+        scores = self._scorer(request.model).score(list(by_id), request.prompt_ids, loads,
+                                                   salt=request.extra.get("cache_salt") or None)
         return {by_id[rid]: s for rid, s in scores.items()}
 
 

@@ -77,7 +77,9 @@ class PrefixAffinityScorer:
         lo, hi = min(loads), max(loads)
         return hi - lo > self.cfg.balance_abs_threshold and hi > self.cfg.balance_rel_threshold * lo
 
-    def score(self, replicas: list[str], prompt_ids: list[int], loads: dict[str, int]) -> dict[str, float]:
+    def score(self, replicas: list[str], prompt_ids: list[int], loads: dict[str, int],
+              salt: str | None = None) -> dict[str, float]:
+        """`salt`: the request's cache salt (its tenant's); warm entries of other salts are invisible."""
         if not replicas:
             return {}
         load = [max(0, int(loads.get(r, 0))) for r in replicas]
@@ -85,7 +87,7 @@ class PrefixAffinityScorer:
         load_score = {r: 1.0 if hi == lo else (hi - l) / (hi - lo) for r, l in zip(replicas, load)}
         if self.imbalanced(load):
             return load_score
-        hashes = block_hashes(prompt_ids, self.ns)
+        hashes = block_hashes(prompt_ids, self.ns, salt=salt)
         if not hashes:
             return load_score
         warm = self.index.longest_warm_prefix(hashes)

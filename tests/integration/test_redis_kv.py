@@ -3,12 +3,15 @@
 One engine lives in this process for the whole file (VLLM_ENABLE_V1_MULTIPROCESSING=0, so
 the connector objects and their counters are readable here); a second engine in a
 subprocess (this file run as a script) writes a shared prefix to Redis that this engine has
-never seen. About 2-4 minutes on 2 busy cores.
+never seen. Redis runs with a password (requirepass) and every client takes it from
+$THINKROUTE_REDIS_PASSWORD; blocks are authenticated with $THINKROUTE_KV_MAC_KEY (both set
+by the `secrets_env` fixture, inherited by the writer subprocess). About 3-5 minutes on 2 busy cores.
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -21,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 GSM8K = Path(os.environ.get("THINKROUTE_DATA", ROOT.parent / "shared" / "data")) / "gsm8k"
 MAX_MODEL_LEN = 2048
 BUDGET = 96 << 20  # Redis maxmemory: ~16 SmolLM2 float32 blocks of 128 tokens
+MAC_KEY = secrets.token_urlsafe(32)
+PASSWORD = secrets.token_urlsafe(24)
 
 
 def engine_kwargs(kv_transfer_config: dict) -> dict:
@@ -45,6 +50,20 @@ def _writer_main(model_dir: str, redis_url: str, prompts_file: str) -> None:
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module", autouse=True)
+def secrets_env():
+    """The deployment's secrets, in the environment only (as `thinkroute serve` passes them)."""
+    names = {"THINKROUTE_KV_MAC_KEY": MAC_KEY, "THINKROUTE_REDIS_PASSWORD": PASSWORD}
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(names)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="module")
 def model_dir() -> str:
     from workers.convert import materialize
@@ -57,7 +76,7 @@ def model_dir() -> str:
 def redis_srv(tmp_path_factory):
     from router.redis_server import RedisServer, free_port
 
-    srv = RedisServer(free_port(), tmp_path_factory.mktemp("redis"), maxmemory_bytes=BUDGET)
+    srv = RedisServer(free_port(), tmp_path_factory.mktemp("redis"), maxmemory_bytes=BUDGET, password=PASSWORD)
     srv.start()
     yield srv
     srv.stop()
@@ -175,7 +194,7 @@ def test_corrupted_and_truncated_blocks_are_skipped_never_loaded(llm, conn, tok,
 
     sched, worker = conn
     prompt = prefix_ids + questions(tok, 1, start=5)[0]
-    keys = [kv_key(sched.ns, h) for h in block_hashes(prefix_ids, sched.ns)]
+    keys = [kv_key(worker.ns, h) for h in block_hashes(prefix_ids, worker.ns)]
     r = redis_srv.client()
     assert all(r.exists(k) for k in keys[:4]), "previous test should have left the prefix in Redis"
     good = r.get(keys[2])
@@ -226,6 +245,138 @@ def test_redis_stopped_mid_run_loses_nothing(llm, conn, tok, prefix_ids, redis_s
     assert worker.stats()["saved_blocks"] > saved0
 
 
+def _seed(llm, conn, prompt, salt=None):
+    """Run `prompt` once (writes its full blocks to Redis), wait for the writes, empty the local cache."""
+    sched, worker = conn
+    p = {"prompt_token_ids": prompt} if salt is None else {"prompt_token_ids": prompt, "cache_salt": salt}
+    llm.generate([p], greedy(1), use_tqdm=False)
+    assert worker.flush(30) and sched.flush(30)
+    llm.reset_prefix_cache()
+
+
+def test_forged_block_is_rejected_counted_and_output_equals_cold(llm, conn, tok, prefix_ids, redis_srv):
+    """Anyone who can write to Redis can build a well-formed block (today's format: a CRC anyone can
+    compute); without the deployment's MAC key it is never loaded."""
+    import torch
+
+    from workers.kv import codec
+    from workers.kv.keys import block_hashes, kv_key
+
+    sched, worker = conn
+    prompt = prefix_ids + questions(tok, 1, start=20)[0]
+    _seed(llm, conn, prompt)
+    keys = [kv_key(worker.ns, h) for h in block_hashes(prefix_ids, worker.ns)]
+    r = redis_srv.client()
+    assert all(r.exists(k) for k in keys)
+    real = codec.decode(r.get(keys[1]), keys[1], MAC_KEY.encode())
+    # the attacker's block: right header, dtype, shape and length; its MAC made with a key of its own
+    forged = codec.encode(torch.full_like(real, 3.0), keys[1], b"the-attacker-does-not-have-the-key")
+    r.set(keys[1], forged, ex=600)
+    ref = cold(llm, conn, [prompt], greedy(16))
+    s0 = worker.stats()
+    out = llm.generate([{"prompt_token_ids": prompt}], greedy(16), use_tqdm=False)
+    s1 = worker.stats()
+    assert s1["mac_failures"] - s0["mac_failures"] == 1 and s1["corrupt_blocks"] - s0["corrupt_blocks"] == 1
+    assert s1["loaded_blocks"] - s0["loaded_blocks"] == 1  # block 0 only: the chain stops at the forgery
+    assert_same(out, ref)
+    assert worker.flush(10) and r.get(keys[1]) != forged  # deleted (then saved again, genuine)
+
+    # a genuine block of another position, copied under this key: its MAC binds it to its own key
+    _seed(llm, conn, prompt)
+    r.set(keys[1], r.get(keys[2]), ex=600)
+    s0 = worker.stats()
+    out = llm.generate([{"prompt_token_ids": prompt}], greedy(16), use_tqdm=False)
+    s1 = worker.stats()
+    assert s1["mac_failures"] - s0["mac_failures"] == 1 and s1["loaded_blocks"] - s0["loaded_blocks"] == 1
+    assert_same(out, ref)
+
+
+def test_without_the_password_redis_refuses_and_the_connector_degrades_to_misses(llm, conn, tok, prefix_ids, redis_srv):
+    import redis as redis_py
+
+    from workers.kv.store import StoreConfig, redis_client
+
+    sched, worker = conn
+    anon = redis_py.Redis(host="127.0.0.1", port=redis_srv.port, socket_timeout=2)
+    with pytest.raises(redis_py.AuthenticationError):
+        anon.get(b"anything")
+    wrong = redis_py.Redis(host="127.0.0.1", port=redis_srv.port, password="not-the-password", socket_timeout=2)
+    with pytest.raises(redis_py.AuthenticationError):
+        wrong.get(b"anything")
+
+    prompt = prefix_ids + questions(tok, 1, start=30)[0]
+    _seed(llm, conn, prompt)
+    ref = cold(llm, conn, [prompt], greedy(16))
+    clients = sched.store.client, worker.store.client
+    e0 = sched.stats()["errors"] + worker.stats()["errors"]
+    sched.store.client = redis_client(StoreConfig(url=redis_srv.url))  # no password
+    worker.store.client = redis_client(StoreConfig(url=redis_srv.url, password="not-the-password"))
+    try:
+        out = llm.generate([{"prompt_token_ids": prompt}], greedy(16), use_tqdm=False)
+        assert worker.flush(30) and sched.flush(30)
+    finally:
+        sched.store.client, worker.store.client = clients
+        sched.store._down_until = worker.store._down_until = 0.0
+    assert out[0].kv_transfer_params == {"remote_cached_prompt_tokens": 0} and out[0].num_cached_tokens == 0
+    assert sched.stats()["errors"] + worker.stats()["errors"] > e0
+    assert_same(out, ref)
+
+
+def test_a_salted_tenants_prefix_gives_another_tenant_no_cached_tokens(llm, conn, tok, prefix_ids, redis_srv):
+    sched, worker = conn
+    prompt = prefix_ids + questions(tok, 1, start=40)[0]
+    full = (len(prompt) - 1) // 128 * 128  # every block Redis may serve (vLLM computes >= 1 prompt token)
+
+    def run(salt, save=True):
+        p = {"prompt_token_ids": prompt} if salt is None else {"prompt_token_ids": prompt, "cache_salt": salt}
+        sched.settings.save = save  # B's and C's own blocks would only crowd A's out of the 96 MiB budget
+        try:
+            return llm.generate([p], greedy(8), use_tqdm=False)[0]
+        finally:
+            sched.settings.save = True
+
+    redis_srv.client().flushdb()
+    llm.reset_prefix_cache()
+    a = run("tenant-a")
+    assert worker.flush(30) and sched.flush(30)
+    # right after A: A's blocks are in this engine's prefix cache and in Redis; B sees neither
+    b = run("tenant-b", save=False)
+    assert b.num_cached_tokens == 0 and b.kv_transfer_params == {"remote_cached_prompt_tokens": 0}
+    llm.reset_prefix_cache()
+    c = run("tenant-c", save=False)  # Redis only (local cache empty): still nothing
+    assert c.num_cached_tokens == 0 and c.kv_transfer_params == {"remote_cached_prompt_tokens": 0}
+    u = run(None, save=False)  # nor for requests without a salt
+    assert u.num_cached_tokens == 0 and u.kv_transfer_params == {"remote_cached_prompt_tokens": 0}
+    llm.reset_prefix_cache()
+    a2 = run("tenant-a")  # A's own prefix still serves A, from Redis
+    assert a2.kv_transfer_params == {"remote_cached_prompt_tokens": full} and a2.num_cached_tokens == full
+    for o in (a2, b, c, u):
+        assert_same([o], [a])
+
+
+def test_value_namespace_follows_the_weights_fingerprint(llm, conn, tok, prefix_ids, model_dir):
+    from dataclasses import replace
+
+    from workers.convert import weights_fingerprint
+
+    sched, worker = conn
+    fp = weights_fingerprint(model_dir)
+    assert sched.ns.weights == worker.ns.weights == fp and len(fp) == 16 and worker.ns.tp_rank == 0
+    prompt = prefix_ids + questions(tok, 1, start=50)[0]
+    _seed(llm, conn, prompt)
+    saved = sched.ns, sched.rank_ns, worker.ns
+    upgraded = replace(sched.ns, weights="0" * 16)  # the same model name after an upgrade of its weights
+    sched.ns, sched.rank_ns, worker.ns = upgraded, [upgraded], replace(worker.ns, weights="0" * 16)
+    try:
+        out = llm.generate([{"prompt_token_ids": prompt}], greedy(1), use_tqdm=False)
+    finally:
+        sched.ns, sched.rank_ns, worker.ns = saved
+        llm.reset_prefix_cache()
+    assert out[0].kv_transfer_params == {"remote_cached_prompt_tokens": 0}
+    again = llm.generate([{"prompt_token_ids": prompt}], greedy(1), use_tqdm=False)
+    assert again[0].kv_transfer_params == {"remote_cached_prompt_tokens": (len(prompt) - 1) // 128 * 128}
+
+
 def test_stream_of_distinct_prefixes_stays_within_budget(llm, conn, tok, redis_srv):
     sched, worker = conn
     r = redis_srv.client()
@@ -255,7 +406,7 @@ def test_stream_of_distinct_prefixes_stays_within_budget(llm, conn, tok, redis_s
 def own_redis(tmp_path):
     from router.redis_server import RedisServer, free_port
 
-    srv = RedisServer(free_port(), tmp_path / "r", maxmemory_bytes=16 << 20)
+    srv = RedisServer(free_port(), tmp_path / "r", maxmemory_bytes=16 << 20, password=PASSWORD)
     srv.start()
     yield srv
     srv.stop()
@@ -264,7 +415,8 @@ def own_redis(tmp_path):
 def test_store_treats_a_dead_redis_as_a_miss_and_logs_once(own_redis, caplog):
     from workers.kv.store import RedisStore, StoreConfig
 
-    st = RedisStore(StoreConfig(url=own_redis.url, retry_after_s=0.2, connect_timeout_s=0.2))
+    st = RedisStore(StoreConfig(url=own_redis.url, password_env="THINKROUTE_REDIS_PASSWORD", retry_after_s=0.2,
+                                connect_timeout_s=0.2))
     assert st.set_many([(b"k1", b"v1"), (b"k2", b"v2")]) and st.count_leading([b"k1", b"k2", b"k3"]) == 2
     own_redis.stop()
     with caplog.at_level("WARNING", logger="workers.kv.store"):
@@ -286,7 +438,8 @@ def test_store_treats_a_dead_redis_as_a_miss_and_logs_once(own_redis, caplog):
 def test_store_treats_a_slow_redis_as_a_miss(own_redis):
     from workers.kv.store import RedisStore, StoreConfig
 
-    st = RedisStore(StoreConfig(url=own_redis.url, socket_timeout_s=0.3, retry_after_s=5))
+    st = RedisStore(StoreConfig(url=own_redis.url, password_env="THINKROUTE_REDIS_PASSWORD", socket_timeout_s=0.3,
+                                retry_after_s=5))
     assert st.set_many([(b"k1", b"v1")])
     own_redis.client().execute_command("CLIENT", "PAUSE", 2000, "ALL")
     t0 = time.monotonic()
@@ -298,12 +451,13 @@ def test_store_treats_a_slow_redis_as_a_miss(own_redis):
 def test_index_feeds_the_scorer_with_real_redis(own_redis):
     from router.scorers.prefix import PrefixAffinityScorer
     from workers.kv.index import PrefixIndex
-    from workers.kv.keys import Namespace, block_hashes
+    from workers.kv.keys import Namespace, block_hashes, index_key
     from workers.kv.store import RedisStore, StoreConfig
 
     ns = Namespace(model_id="smollm2-135m", dtype="float32", block_size=128, layout="cpu:blocks-first")
     now = [1_000_000.0]
-    idx = PrefixIndex(RedisStore(StoreConfig(url=own_redis.url)), ns, warm_ttl_s=60, wall_clock=lambda: now[0])
+    idx = PrefixIndex(RedisStore(StoreConfig(url=own_redis.url, password_env="THINKROUTE_REDIS_PASSWORD")), ns,
+                      warm_ttl_s=60, wall_clock=lambda: now[0])
     shared = list(range(1000, 1000 + 128 * 6))
     idx.record("a", block_hashes(shared, ns))
     idx.record("b", block_hashes(shared[:256], ns))
@@ -316,7 +470,7 @@ def test_index_feeds_the_scorer_with_real_redis(own_redis):
     assert max(busy, key=busy.get) == "b"
     now[0] += 61  # entries age out: nobody is warm
     assert idx.longest_warm_prefix(h) == {}
-    assert 0 < own_redis.client().ttl(b"trkvidx:1:" + ns.tag.encode() + b":" + h[0].hex().encode()) <= 60
+    assert 0 < own_redis.client().ttl(index_key(ns, h[0])) <= 60
 
 
 if __name__ == "__main__":

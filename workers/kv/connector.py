@@ -7,8 +7,10 @@ scheduler builds every step and the worker reads in the same step.
 
 Scheduler side, per new request (called from the scheduler's busy loop, so one Redis
 round trip at most per call):
-  * `get_num_new_matched_tokens`: hash the prompt's full blocks (keys.py), ask Redis how
-    many consecutive blocks after the local prefix-cache hit it holds (pipelined EXISTS).
+  * `get_num_new_matched_tokens`: hash the prompt's full blocks (keys.py; chained from the
+    request's `cache_salt` when it has one, so salted tenants share nothing), ask Redis how
+    many consecutive blocks after the local prefix-cache hit it holds for every TP rank
+    (pipelined EXISTS).
     At most (prompt_len - 1) // block_size blocks: vLLM must compute >= 1 prompt token.
   * `update_state_after_alloc`: remember which paged blocks receive the loaded blocks.
   * `build_connector_meta`: emit loads, and saves of the full prompt blocks this step
@@ -19,7 +21,7 @@ round trip at most per call):
 
 Worker side, per step (inside execute_model, around the forward pass):
   * `start_load_kv` (before the forward, synchronous): MGET the blocks, verify each with
-    the codec (CRC, dtype, shape); copy good ones into the paged cache with one indexed
+    the codec (MAC over key and value, dtype, shape); copy good ones into the paged cache with one indexed
     copy per layer; report bad or missing ones (and every later block of that request)
     through `get_block_ids_with_load_errors`, and vLLM recomputes them
     (kv_load_failure_policy="recompute").
@@ -29,7 +31,12 @@ Worker side, per step (inside execute_model, around the forward pass):
 
 A stored value is one block, all layers: shape [num_layers, *per_layer_block_shape]
 (on CPU: [L, num_kv_heads, block_size, 2 * head_size]), so a block is present or absent
-as a whole and is checked by one CRC.
+as a whole and is checked by one MAC.
+
+Trust: a value is loaded only when its HMAC-SHA256, keyed by the deployment's secret
+(`mac_key_env`, default THINKROUTE_KV_MAC_KEY), verifies over its Redis key and bytes.
+Without that secret the connector neither loads nor saves (it logs why once). The value
+key's namespace carries the weights fingerprint and this worker's tensor-parallel rank.
 
 Counters: `stats()` on either instance (in-process), and the per-request
 kv_transfer_params above, which cross the engine-core process boundary.
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -53,6 +60,7 @@ from workers.kv import codec
 from workers.kv.config import RedisKVSettings
 from workers.kv.index import PrefixIndex
 from workers.kv.keys import BlockHash, Namespace, block_hashes, kv_key
+from workers.kv.secrets import read_secret, redact_url
 from workers.kv.store import BackgroundWriter, RedisStore, StoreConfig
 
 if TYPE_CHECKING:
@@ -105,10 +113,41 @@ class ConnectorStats:
     loaded_tokens: int = 0
     load_failed_blocks: int = 0
     corrupt_blocks: int = 0
+    """Values rejected by the codec (any reason, MAC failures included)."""
+    mac_failures: int = 0
+    """Values whose MAC did not verify: forged, moved to another key, or corrupted."""
     missing_blocks: int = 0
     load_seconds: float = 0.0
     saved_blocks: int = 0
     save_seconds: float = 0.0
+
+
+def _tp_rank(role: KVConnectorRole) -> int:
+    """This worker's tensor-parallel rank (0 on the scheduler side or before TP is set up)."""
+    if role == KVConnectorRole.SCHEDULER:
+        return 0
+    try:
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        return int(get_tensor_model_parallel_rank())
+    except (AssertionError, ImportError, RuntimeError, AttributeError):
+        return 0
+
+
+def _mac_key(env_name: str) -> bytes | None:
+    """The MAC key from the environment, or None (logged) when it is unset or too short."""
+    value = read_secret(env_name)
+    if not value:
+        log.error("RedisKVConnector: $%s (the MAC key of shared KV blocks) is not set; the Redis prefix cache "
+                  "is OFF (no loads, no saves). `thinkroute serve` generates one; set the same value on every "
+                  "worker that shares the cache", env_name)
+        return None
+    key = value.encode()
+    if len(key) < codec.MIN_MAC_KEY_BYTES:
+        log.error("RedisKVConnector: $%s is %d bytes, need >= %d; the Redis prefix cache is OFF",
+                  env_name, len(key), codec.MIN_MAC_KEY_BYTES)
+        return None
+    return key
 
 
 def _layout(vllm_config: "VllmConfig") -> str:
@@ -129,8 +168,23 @@ class RedisKVConnector(KVConnectorBase_V1):
         cache_dtype = vllm_config.cache_config.cache_dtype
         dtype = str(mc.dtype).removeprefix("torch.") if cache_dtype in (None, "auto") else str(cache_dtype)
         model_id = s.model_id or (mc.served_model_name if isinstance(mc.served_model_name, str) else mc.model)
-        self.ns = Namespace(model_id=model_id, dtype=dtype, block_size=self.block_size, layout=_layout(vllm_config))
-        self.store = RedisStore(StoreConfig(url=s.redis_url, password=s.password, tls=s.tls, ttl_s=s.ttl_s,
+        if s.weights_fingerprint:
+            weights = s.weights_fingerprint
+        else:
+            from workers.convert import weights_fingerprint
+
+            weights = weights_fingerprint(mc.model)
+        self.tp_size = int(vllm_config.parallel_config.tensor_parallel_size)
+        self.ns = Namespace(model_id=model_id, dtype=dtype, block_size=self.block_size, layout=_layout(vllm_config),
+                            weights=weights, tp_rank=_tp_rank(role))
+        #: The value namespaces of every TP rank: a block counts as cached when all ranks hold it.
+        self.rank_ns = [replace(self.ns, tp_rank=r) for r in range(self.tp_size)]
+        self._mac_key = _mac_key(s.mac_key_env)
+        if self._mac_key is None:
+            s.load = s.save = False
+        self.store = RedisStore(StoreConfig(url=s.redis_url, password_env=s.password_env, tls=s.tls,
+                                            tls_ca_file=s.tls_ca_file, tls_cert_file=s.tls_cert_file,
+                                            tls_key_file=s.tls_key_file, ttl_s=s.ttl_s,
                                             socket_timeout_s=s.socket_timeout_s, retry_after_s=s.retry_after_s))
         self.index = PrefixIndex(self.store, self.ns, warm_ttl_s=s.warm_ttl_s)
         self.writer = BackgroundWriter(self.store.stats, max_pending_bytes=s.max_pending_save_bytes)
@@ -144,7 +198,9 @@ class RedisKVConnector(KVConnectorBase_V1):
         self._kv_dtype: torch.dtype | None = None
         self._load_errors: set[int] = set()
         INSTANCES["scheduler" if role == KVConnectorRole.SCHEDULER else "worker"] = self
-        log.info("RedisKVConnector(%s) namespace=%s redis=%s replica=%r", role.name, self.ns, s.redis_url, s.replica_id)
+        log.info("RedisKVConnector(%s) namespace=%s redis=%s replica=%r tls=%s auth=%s", role.name, self.ns,
+                 redact_url(s.redis_url), s.replica_id, s.tls or s.redis_url.startswith("rediss://"),
+                 "set" if read_secret(s.password_env) else "none")
 
     # ================================================================ scheduler side
     def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int | None, bool]:
@@ -152,15 +208,16 @@ class RedisKVConnector(KVConnectorBase_V1):
         bs = self.block_size
         look = self._lookups.get(request.request_id)
         if look is None:
-            look = _Lookup(hashes=block_hashes(prompt, self.ns), local_blocks=0, remote_blocks=0)
+            salt = getattr(request, "cache_salt", None)
+            look = _Lookup(hashes=block_hashes(prompt, self.ns, salt=salt), local_blocks=0, remote_blocks=0)
             self._lookups[request.request_id] = look
             self.cstats.requests += 1
         look.local_blocks = num_computed_tokens // bs
         loadable = (len(prompt) - 1) // bs  # vLLM must compute at least one prompt token itself
         look.remote_blocks = 0
         if self.settings.load and loadable > look.local_blocks:
-            keys = [kv_key(self.ns, h) for h in look.hashes[look.local_blocks:loadable]]
-            look.remote_blocks = self.store.count_leading(keys)
+            keys = [kv_key(ns, h) for h in look.hashes[look.local_blocks:loadable] for ns in self.rank_ns]
+            look.remote_blocks = self.store.count_leading(keys, group=len(self.rank_ns))
         if look.remote_blocks < self.settings.min_load_blocks:
             return 0, False
         return look.remote_blocks * bs, False
@@ -238,7 +295,7 @@ class RedisKVConnector(KVConnectorBase_V1):
             return
         t0 = time.perf_counter()
         for tr in meta.loads:
-            if not self._kv_caches:
+            if not self._kv_caches or self._mac_key is None:
                 self._load_errors.update(tr.block_ids)
                 continue
             keys = [kv_key(self.ns, h) for h in tr.hashes]
@@ -249,9 +306,11 @@ class RedisKVConnector(KVConnectorBase_V1):
                     self.cstats.missing_blocks += 1
                     break
                 try:
-                    good.append(codec.decode(v, dtype=self._kv_dtype, shape=self._block_shape))
+                    good.append(codec.decode(v, key, self._mac_key, dtype=self._kv_dtype, shape=self._block_shape))
                 except codec.CodecError as e:
                     self.cstats.corrupt_blocks += 1
+                    if isinstance(e, codec.MacMismatch):
+                        self.cstats.mac_failures += 1
                     log.warning("skipping and deleting a bad prefix-cache block %s: %s", key.decode(), e)
                     self.writer.submit(lambda k=key: self.store.delete([k]), nbytes=len(key))
                     break
@@ -279,7 +338,7 @@ class RedisKVConnector(KVConnectorBase_V1):
     def wait_for_save(self) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, RedisKVMetadata)
-        if not meta.saves or not self._kv_caches:
+        if not meta.saves or not self._kv_caches or self._mac_key is None:
             return
         t0 = time.perf_counter()
         ids = [b for tr in meta.saves for b in tr.block_ids]
@@ -296,9 +355,10 @@ class RedisKVConnector(KVConnectorBase_V1):
         # pages right away. Assembling [L, *block] per block happens on the writer thread.
         per_layer = [c.index_select(0, idx).cpu() for c in self._kv_caches.values()]
         keys = [kv_key(self.ns, h) for h in hashes]
+        mac_key = self._mac_key
 
         def job() -> None:
-            items = [(k, codec.encode(torch.stack([lay[j] for lay in per_layer]))) for j, k in enumerate(keys)]
+            items = [(k, codec.encode(torch.stack([lay[j] for lay in per_layer]), k, mac_key)) for j, k in enumerate(keys)]
             if self.store.set_many(items):
                 self.cstats.saved_blocks += len(items)
 

@@ -1,7 +1,8 @@
 """Redis access for the prefix cache: batched, bounded, and never an error for the caller.
 
 Every call is one round trip (MGET, or a non-transactional pipeline). Any Redis failure
-(down, refused, timeout, OOM "command not allowed when used memory > maxmemory", auth)
+(down, refused, timeout, OOM "command not allowed when used memory > maxmemory", a missing
+or wrong password: NOAUTH / WRONGPASS, a TLS handshake failure)
 becomes a miss / a dropped write, is counted in `StoreStats`, and is logged once per
 failure streak (again when Redis comes back). After a failure the store stays
 "open-circuit" for `retry_after_s`, so a dead or slow Redis costs each request nothing,
@@ -43,11 +44,19 @@ class StoreStats:
 @dataclass
 class StoreConfig:
     url: str = "redis://127.0.0.1:6379/0"
-    """redis:// or rediss:// (TLS) URL."""
+    """redis:// or rediss:// (TLS) URL, without a password (see `password_env`)."""
     password: str | None = None
-    """Overrides the URL's password when set."""
+    """AUTH password given in-process (tests); overrides `password_env`. Never from config files or argv."""
+    password_env: str | None = None
+    """Environment variable holding the AUTH password (or `<name>_FILE`, a 0600 file; see secrets.py)."""
     tls: bool = False
-    """Force TLS even for a redis:// URL."""
+    """Use TLS even for a redis:// URL."""
+    tls_ca_file: str | None = None
+    """CA bundle that signed the server's certificate (None = the system's trust store)."""
+    tls_cert_file: str | None = None
+    """Client certificate, when the server requires one (`tls-auth-clients yes`)."""
+    tls_key_file: str | None = None
+    """Key of `tls_cert_file`."""
     socket_timeout_s: float = 1.0
     """Per-command timeout; a slower Redis counts as down."""
     connect_timeout_s: float = 0.5
@@ -55,6 +64,26 @@ class StoreConfig:
     """After a failure, skip Redis for this long (answer misses) before trying again."""
     ttl_s: int = 3600
     """Expiry of every stored block; LRU on the instance evicts earlier under memory pressure."""
+
+
+def redis_client(cfg: StoreConfig) -> redis.Redis:
+    """A client for `cfg`: password from `cfg.password` or the environment, TLS when asked.
+
+    Raises SecretError when a password file is unsafe; never puts the password into the URL.
+    """
+    from workers.kv.secrets import read_secret
+
+    kwargs: dict = dict(socket_timeout=cfg.socket_timeout_s, socket_connect_timeout=cfg.connect_timeout_s)
+    password = cfg.password if cfg.password is not None else read_secret(cfg.password_env)
+    if password is not None:
+        kwargs["password"] = password
+    url = cfg.url
+    if cfg.tls and url.startswith("redis://"):
+        url = "rediss://" + url[len("redis://"):]
+    if url.startswith("rediss://"):
+        kwargs.update(ssl_cert_reqs="required", ssl_ca_certs=cfg.tls_ca_file,
+                      ssl_certfile=cfg.tls_cert_file, ssl_keyfile=cfg.tls_key_file)
+    return redis.Redis.from_url(url, **kwargs)
 
 
 class RedisStore:
@@ -66,12 +95,7 @@ class RedisStore:
         self._clock = clock
         self._down_until = 0.0
         self._failing = False
-        kwargs = dict(socket_timeout=cfg.socket_timeout_s, socket_connect_timeout=cfg.connect_timeout_s)
-        if cfg.password is not None:
-            kwargs["password"] = cfg.password
-        if cfg.tls and cfg.url.startswith("redis://"):
-            kwargs["ssl"] = True
-        self.client = client or redis.Redis.from_url(cfg.url, **kwargs)
+        self.client = client or redis_client(cfg)
 
     # -- fault handling -------------------------------------------------------------
     def available(self) -> bool:
@@ -106,8 +130,9 @@ class RedisStore:
         return out
 
     # -- operations -----------------------------------------------------------------
-    def count_leading(self, keys: Sequence[bytes]) -> int:
-        """How many of `keys`, from the first, exist (one pipelined EXISTS round trip)."""
+    def count_leading(self, keys: Sequence[bytes], group: int = 1) -> int:
+        """How many groups of `group` consecutive keys, from the first, exist entirely
+        (one pipelined EXISTS round trip). `group` = 1: how many leading keys exist."""
         if not keys:
             return 0
         self.stats.lookups += 1
@@ -116,9 +141,10 @@ class RedisStore:
             p = c.pipeline(transaction=False)
             for k in keys:
                 p.exists(k)
+            hits = p.execute()
             n = 0
-            for hit in p.execute():
-                if not hit:
+            for i in range(0, len(hits) - group + 1, group):
+                if not all(hits[i:i + group]):
                     break
                 n += 1
             return n
