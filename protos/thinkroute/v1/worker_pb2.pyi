@@ -150,18 +150,20 @@ class TokenLogprob(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., token: _Optional[str] = ..., logprob: _Optional[float] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("prompt", "continuation_text", "continuation_ids", "top_k", "candidate_ids")
+    __slots__ = ("prompt", "continuation_text", "continuation_ids", "top_k", "candidate_ids", "cache_salt")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_TEXT_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_IDS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
     prompt: Prompt
     continuation_text: str
     continuation_ids: TokenIds
     top_k: int
     candidate_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., continuation_text: _Optional[str] = ..., continuation_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., top_k: _Optional[int] = ..., candidate_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    cache_salt: str
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., continuation_text: _Optional[str] = ..., continuation_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., top_k: _Optional[int] = ..., candidate_ids: _Optional[_Iterable[int]] = ..., cache_salt: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("continuation", "top_next", "candidates", "prompt_tokens", "cached_prompt_tokens")
