@@ -32,6 +32,7 @@ stream began), each with a `sequence_number`.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -506,7 +507,7 @@ class ResponsesEndpoint:
         echo = Echo(body)
         inner = await self.frontend.chat_completions(_with_body(request, json.dumps(chat).encode()))
         if inner.status_code != 200:
-            return inner  # an error in OpenAI's shape, with its status and headers (auth, rate limit, 400s)
+            return _renamed_error(inner)  # OpenAI's error shape, its status and headers (auth, rate limit, 400s)
         headers = {k: v for k, v in inner.headers.items() if k.startswith("x-")}
         if not isinstance(inner, StreamingResponse):
             return JSONResponse(chat_to_response(json.loads(inner.body), echo), headers=headers)
@@ -532,6 +533,37 @@ class ResponsesEndpoint:
             close = getattr(stream, "aclose", None)
             if close is not None:
                 await close()  # the client went away (or we are done): the chat stream cancels its model calls
+
+
+#: Chat Completions field names -> the Responses fields they came from (for an error's `param`).
+_PARAM_RENAMES = [(re.compile(r"^tools[.\[](\d+)\]?\.function\.?"), r"tools[\1]."),
+                  (re.compile(r"^tool_choice\.function\.name"), "tool_choice.name"),
+                  (re.compile(r"^response_format\.json_schema\.?"), "text.format."),
+                  (re.compile(r"^response_format"), "text.format"),
+                  (re.compile(r"^max_completion_tokens"), "max_output_tokens"),
+                  (re.compile(r"^messages\b.*"), "input")]
+
+
+def responses_param(param: str | None) -> str | None:
+    """The Responses name of a Chat Completions error `param` (`tools[0].function.name` -> `tools[0].name`)."""
+    if not param:
+        return param
+    for pattern, repl in _PARAM_RENAMES:
+        new = pattern.sub(repl, param, count=1)
+        if new != param:
+            return new.rstrip(".")
+    return param
+
+
+def _renamed_error(inner: Response) -> Response:
+    """The chat handler's error with its `param` named in Responses terms (status and headers kept)."""
+    try:
+        body = json.loads(inner.body)
+        body["error"]["param"] = responses_param(body["error"].get("param"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return inner
+    headers = {k: v for k, v in inner.headers.items() if k not in ("content-length", "content-type")}
+    return JSONResponse(body, status_code=inner.status_code, headers=headers)
 
 
 def _with_body(request: Request, body: bytes) -> Request:

@@ -200,3 +200,14 @@ def test_endpoint_errors_keep_openai_shape_and_status(app):
     assert not core.queries  # none of these reached the router
     ok = client.post("/v1/responses", json={"model": "thinkroute", "input": "x"})
     assert ok.status_code == 200 and json.loads(ok.text)["output"][0]["type"] == "message"  # still serving
+
+
+@pytest.mark.parametrize("chat, responses", [
+    ("tools[0].function.name", "tools[0].name"), ("tools.1.function.parameters", "tools[1].parameters"),
+    ("tool_choice.function.name", "tool_choice.name"), ("response_format.json_schema.schema", "text.format.schema"),
+    ("response_format", "text.format"), ("messages[3].tool_call_id", "input"),
+    ("max_completion_tokens", "max_output_tokens"), ("model", "model"), (None, None)])
+def test_chat_error_params_are_named_in_responses_terms(chat, responses):
+    from router.responses_api import responses_param
+
+    assert responses_param(chat) == responses
