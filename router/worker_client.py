@@ -58,6 +58,8 @@ class WorkerClient:
         """The server stream; cancelling/closing it cancels the RPC (the worker aborts the request)."""
         req = pb.GenerateRequest(request_id=request_id, prompt=wire.prompt_to_pb(prompt),
                                  sampling=wire.sampling_to_pb(sampling))
+        if sampling.constraint is not None:  # structured output travels beside the sampling parameters
+            req.constraint.CopyFrom(wire.constraint_to_pb(sampling.constraint))
         return self.stub.Generate(req, timeout=timeout)
 
     async def score(self, prompt: PromptInput, *, continuation_ids: list[int] | None, continuation_text: str | None,

@@ -36,6 +36,10 @@ class Engine(ABC):
         generation and is not part of the text; the last chunk carries `final`.
         Closing the iterator early (client cancelled, deadline passed) must abort the
         request in the engine at once and free its slot.
+
+        `sampling.constraint` (structured output: JSON schema, regex, choice list, grammar), when
+        set, must either be enforced on every generated token or refused with `InvalidRequest`
+        naming the backend and the constraint kind; it is never silently ignored.
         """
 
     @abstractmethod

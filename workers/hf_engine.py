@@ -17,6 +17,7 @@ import numpy as np
 
 from workers.config import EngineConfig
 from workers.engine import Engine
+from workers.errors import InvalidRequest
 from workers.models import ModelSpec
 from workers.stops import StopMatcher
 from workers.types import (
@@ -76,6 +77,11 @@ class HfEngine(Engine):
 
     # -- generate ------------------------------------------------------------------------------
     async def generate(self, request_id: str, prompt_ids: list[int], sampling: Sampling) -> AsyncIterator[GenerateChunk]:
+        if sampling.constraint is not None:
+            # The reference backend has no constrained decoding: refuse rather than ignore the constraint.
+            raise InvalidRequest(
+                f"the hf backend does not enforce structured outputs (constraint {sampling.constraint.kind()!r}); "
+                "send the request to a worker on the vllm backend, or drop the constraint")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()

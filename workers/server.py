@@ -128,7 +128,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             self._check_accepting()
             limits.check_generate(request)
             ids = self._prompt_ids(request.prompt)
-            sampling = wire.sampling_from_pb(request.sampling)
+            sampling = wire.sampling_from_pb(
+                request.sampling, request.constraint if request.HasField("constraint") else None)
             self._validate_sampling(sampling, len(ids))
             request_id = request.request_id or uuid.uuid4().hex
             self.requests_total += 1

@@ -35,12 +35,38 @@ class PromptInput:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """A structured-output constraint on generated text: exactly one field is set (checked by `kind`).
+
+    - `json_schema`: a JSON schema, as JSON text; the output is one JSON value valid for it.
+    - `regex`: the whole output matches this regular expression.
+    - `choice`: the output is exactly one of these strings.
+    - `grammar`: the output is derived from this grammar (EBNF/GBNF as xgrammar reads it, root rule `root`).
+    """
+
+    json_schema: str | None = None
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+
+    def kind(self) -> str:
+        set_fields = [n for n in ("json_schema", "regex", "choice", "grammar") if getattr(self, n) is not None]
+        if len(set_fields) != 1:
+            raise ValueError(f"a constraint needs exactly one of json_schema, regex, choice, grammar; "
+                             f"got {set_fields or 'none'}")
+        return set_fields[0]
+
+
+@dataclass(frozen=True)
 class Sampling:
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    #: Structured output the engine must enforce (None = free text).
+    constraint: Constraint | None = None
+
 
     @property
     def greedy(self) -> bool:

