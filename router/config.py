@@ -93,18 +93,26 @@ class ServeConfig(_Base):
 
 
 class TenantConfig(_Base):
-    """One tenant of the OpenAI-compatible HTTP API: how it authenticates, its default dial, its limits."""
+    """One tenant: how it authenticates (both ingresses), its default dial, its rate limits and quotas."""
 
     api_key_env: str | None = None
     """Environment variable (on the host that builds the app) holding this tenant's API key; never put keys in the repository."""
     api_key_sha256: str | None = None
-    """Or: hex SHA-256 of the key (safe to keep in a config file). A request with `Authorization: Bearer <key>` is this tenant."""
+    """Or: hex SHA-256 of the key (safe to keep in a config file). HTTP `Authorization: Bearer <key>` or gRPC metadata `authorization: Bearer <key>` is this tenant."""
     dial: float | None = Field(None, ge=0, le=1)
     """Default dial of this tenant (same as `dial.tenants.<name>`; runtime changes with `thinkroute dial set --tenant`)."""
     requests_per_second: float = Field(0.0, ge=0)
-    """Token-bucket refill rate of the tenant's requests (0 = unlimited); over the limit: 429 with Retry-After."""
+    """Token-bucket refill rate of the tenant's requests (0 = unlimited); over the limit: HTTP 429 / gRPC RESOURCE_EXHAUSTED with Retry-After."""
     burst: int = Field(10, ge=1)
     """Token-bucket size: requests the tenant may send at once before `requests_per_second` applies."""
+    tokens_per_second: float = Field(0.0, ge=0)
+    """Model tokens (prompt + generated, summed over every model call of a plan) per second (0 = unlimited). A request reserves its prompt estimate + max_tokens up front; the difference to its real usage is settled when it ends."""
+    token_burst: int = Field(20_000, ge=1)
+    """Token-bucket size of `tokens_per_second`."""
+    max_concurrent: int = Field(0, ge=0)
+    """Requests of this tenant in flight at once per router replica (0 = unlimited); more: 429 / RESOURCE_EXHAUSTED."""
+    max_tokens: int = Field(0, ge=0)
+    """Largest `max_tokens` one request of this tenant may ask for (0 = no tenant cap; the model's context still applies)."""
 
     @model_validator(mode="after")
     def _check_digest(self) -> "TenantConfig":
@@ -114,15 +122,73 @@ class TenantConfig(_Base):
         return self
 
 
-class HttpConfig(_Base):
-    """The OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models, GET /health) on `serve.http_port`."""
+class AuthConfig(_Base):
+    """Who may call the router: tenants and their API keys, the same for the gRPC and HTTP ingresses (router/admission.py)."""
 
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
-    """Tenants by name; each key maps to one tenant (see `http.tenants.<name>.*` below)."""
+    """Tenants by name; each key maps to one tenant (see `auth.tenants.<name>.*` below). A request's tenant is the one its key belongs to; a tenant named in the request body is ignored unless it is that one."""
     anonymous_access: Literal["loopback", "on", "off"] = "loopback"
-    """Requests without `Authorization`: `loopback` = served as `anonymous_tenant` only while no API key is configured and the client is on this host; `on` = always; `off` = never (401)."""
+    """Requests without a key: `loopback` = served as `anonymous_tenant` only while no API key is configured and the client is on this host; `on` = always; `off` = never (401 / UNAUTHENTICATED)."""
     anonymous_tenant: str = "default"
-    """Tenant name of anonymous requests (its dial and limits come from `http.tenants.<this name>` when present)."""
+    """Tenant name of anonymous requests (its dial and limits come from `auth.tenants.<this name>` when present)."""
+
+
+class TlsConfig(_Base):
+    """TLS for the ingresses and for router -> worker gRPC. Paths are PEM files; private keys should be mode 0600."""
+
+    http_cert_file: str | None = None
+    """Certificate chain of the HTTP ingress (Ray Serve's HTTP proxy serves HTTPS with it and `http_key_file`)."""
+    http_key_file: str | None = None
+    """Private key of `http_cert_file`."""
+    ingress_terminated_upstream: bool = False
+    """A TLS-terminating proxy in front of the router carries every client connection (the only way to get TLS on Ray Serve's gRPC proxy, which has no TLS option): admin RPCs are then accepted from any peer."""
+    worker_ca_file: str | None = None
+    """CA bundle the router trusts for workers; set = router -> worker gRPC uses TLS (every worker must then serve TLS)."""
+    worker_server_name: str | None = None
+    """Name to verify in the workers' certificates (their SAN) when it differs from the host in their address."""
+    worker_cert_file: str | None = None
+    """Certificate chain the workers that `thinkroute serve` starts present (with `worker_key_file`)."""
+    worker_key_file: str | None = None
+    """Private key of `worker_cert_file`."""
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> "TlsConfig":
+        for cert, key in (("http_cert_file", "http_key_file"), ("worker_cert_file", "worker_key_file")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"tls.{cert} and tls.{key} go together: set both or neither")
+        return self
+
+
+class LimitsConfig(_Base):
+    """Bounds on what one request may carry (both ingresses); over a bound: INVALID_ARGUMENT / 400 naming the field."""
+
+    max_messages: int = Field(256, ge=1)
+    """Messages in one conversation."""
+    max_message_chars: int = Field(100_000, ge=1)
+    """Characters of one message's content (and of `query`)."""
+    max_total_chars: int = Field(400_000, ge=1)
+    """Characters of `query` and every message together."""
+    max_stop: int = Field(8, ge=0)
+    """Entries of the `stop` list."""
+    max_stop_chars: int = Field(256, ge=1)
+    """Characters of one stop string."""
+    max_options: int = Field(32, ge=0)
+    """Keys in the strategy knob map (`strategy_options` / `thinkroute.options`)."""
+    max_options_bytes: int = Field(8192, ge=2)
+    """Size of the knob map as compact JSON."""
+    max_id_chars: int = Field(128, ge=8)
+    """Characters of `request_id`, `tenant`, `model`, `strategy` and `session`."""
+    max_credential_chars: int = Field(1024, ge=64)
+    """Characters of the `authorization` header / metadata value."""
+    max_body_bytes: int = Field(4 << 20, ge=1024)
+    """Bytes of an HTTP request body (by its Content-Length); larger: 413."""
+
+
+class HttpConfig(_Base):
+    """The OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models, GET /health) on `serve.http_port`.
+
+    Tenants and keys moved to `auth:` (they apply to both ingresses); `http.tenants`,
+    `http.anonymous_access` and `http.anonymous_tenant` in an older config are read as `auth.*`."""
 
 
 class RedisConfig(_Base):
@@ -152,12 +218,34 @@ class Config(_Base):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     """The Redis server of the shared prefix cache."""
     http: HttpConfig = Field(default_factory=HttpConfig)
-    """The OpenAI-compatible HTTP API: tenants, API keys, rate limits."""
+    """The OpenAI-compatible HTTP API (its tenants and keys are under `auth`)."""
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    """Tenants, API keys, rate limits and quotas of both ingresses."""
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    """TLS of the HTTP ingress and of router -> worker gRPC."""
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    """Bounds on one request's fields."""
     policy: LivePolicyConfig | None = None
     """The planning policy for requests that fix no plan (router/policy/planning.py: candidates, prices,
     priors or a trained probe artifact); None = the config's default strategy."""
     run_dir: str = "runs/serve"
     """Where `thinkroute serve` writes worker logs and Redis data."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_http_auth(cls, data: Any) -> Any:
+        """`http.tenants` / `http.anonymous_*` of older configs are `auth.*` now (both ingresses)."""
+        if not isinstance(data, dict) or not isinstance(data.get("http"), dict):
+            return data
+        http = dict(data["http"])
+        moved = {k: http.pop(k) for k in ("tenants", "anonymous_access", "anonymous_tenant") if k in http}
+        if moved:
+            auth = dict(data.get("auth") or {})
+            both = sorted(set(moved) & set(auth))
+            if both:
+                raise ValueError(f"http.{both[0]} and auth.{both[0]} are both set: keep auth.{both[0]} only")
+            data = {**data, "http": http, "auth": {**auth, **moved}}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
@@ -176,13 +264,13 @@ class Config(_Base):
         for role, model in self.router.roles.items():
             if model not in names:
                 raise ValueError(f"router.roles.{role} = {model!r} is not one of models {sorted(names)}")
-        for name, tenant in self.http.tenants.items():
-            if tenant.api_key_env is None and tenant.api_key_sha256 is None and name != self.http.anonymous_tenant:
-                raise ValueError(f"http.tenants.{name}: set api_key_env or api_key_sha256 (only the anonymous tenant "
-                                 f"{self.http.anonymous_tenant!r} may have no key)")
+        for name, tenant in self.auth.tenants.items():
+            if tenant.api_key_env is None and tenant.api_key_sha256 is None and name != self.auth.anonymous_tenant:
+                raise ValueError(f"auth.tenants.{name}: set api_key_env or api_key_sha256 (only the anonymous tenant "
+                                 f"{self.auth.anonymous_tenant!r} may have no key)")
             if tenant.dial is not None:
                 if name in self.dial.tenants and self.dial.tenants[name] != tenant.dial:
-                    raise ValueError(f"http.tenants.{name}.dial = {tenant.dial} disagrees with dial.tenants.{name} = "
+                    raise ValueError(f"auth.tenants.{name}.dial = {tenant.dial} disagrees with dial.tenants.{name} = "
                                      f"{self.dial.tenants[name]}: set it in one place")
                 self.dial.tenants[name] = tenant.dial
         return self
@@ -230,6 +318,6 @@ def config_reference() -> str:
     walk(Config, "")
     out.append("\nEach entry of `models.<name>` has these fields:\n\n| key | default | meaning |\n|---|---|---|")
     walk(ModelPoolConfig, "models.<name>.")
-    out.append("\nEach entry of `http.tenants.<name>` has these fields:\n\n| key | default | meaning |\n|---|---|---|")
-    walk(TenantConfig, "http.tenants.<name>.")
+    out.append("\nEach entry of `auth.tenants.<name>` has these fields:\n\n| key | default | meaning |\n|---|---|---|")
+    walk(TenantConfig, "auth.tenants.<name>.")
     return "\n".join(out)

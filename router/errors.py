@@ -1,6 +1,14 @@
 """The router's exception hierarchy. Each class maps to one gRPC status (and one HTTP status)
-at the ingress; messages say what was wrong and what to change."""
+at the ingress; messages say what was wrong and what to change.
+
+Anything else that escapes to an ingress is an internal error: `internal_error(exc, log)` logs it
+with a fresh id and returns an `InternalError` whose message is only that id, so no exception text
+reaches a client.
+"""
 from __future__ import annotations
+
+import logging
+import uuid
 
 
 class RoutingError(Exception):
@@ -66,6 +74,52 @@ class DeadlineExceeded(RoutingError):
 class PermissionDenied(RoutingError):
     grpc_code = "PERMISSION_DENIED"
     http_status = 403
+
+
+class Unauthenticated(RoutingError):
+    """No credential, or one that matches no tenant (gRPC UNAUTHENTICATED, HTTP 401)."""
+
+    grpc_code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class RateLimited(RoutingError):
+    """A tenant is over its request or token rate, or its quota of requests in flight.
+
+    `retry_after_s` (whole seconds, >= 1) goes out as HTTP `Retry-After` and as gRPC trailing
+    metadata `retry-after`."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+    def __reduce__(self):
+        return (RateLimited, (str(self), self.retry_after_s))
+
+
+class InternalError(RoutingError):
+    """A bug or an unexpected failure. The message is only the error id; the details are in the log."""
+
+    grpc_code = "INTERNAL"
+    http_status = 500
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(f"internal error {error_id}: the router logged the details under this id")
+        self.error_id = error_id
+
+    def __reduce__(self):
+        return (InternalError, (self.error_id,))
+
+
+def internal_error(exc: BaseException, log: logging.Logger, where: str = "") -> InternalError:
+    """Log `exc` (with its traceback) under a fresh id and return the InternalError that names only the id."""
+    error_id = uuid.uuid4().hex[:16]
+    log.error("internal error %s%s: %s: %s", error_id, f" in {where}" if where else "", type(exc).__name__, exc,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return InternalError(error_id)
 
 
 def _rebuild_model_call_error(detail, model, role, step, code) -> ModelCallError:

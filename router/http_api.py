@@ -28,9 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router import sessions
 from router.config import Config
-from router.errors import RoutingError
+from router.admission import Admission, Ticket, http_caller
+from router.errors import InternalError, RateLimited, RoutingError, Unauthenticated, internal_error
 from router.strategies import get_strategy, strategy_names
-from router.tenants import Authenticator, AuthError, RateLimits
 from router.types import RouteQuery, RouteResult
 from workers.types import ChatMessage
 
@@ -40,8 +40,8 @@ POLICY_MODEL = "thinkroute"
 STRATEGY_PREFIX = "strategy/"
 PLAN_HEADER = "x-thinkroute-plan"
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
-                504: "timeout"}
+                404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+                500: "server_error", 503: "service_unavailable", 504: "timeout"}
 
 
 class ApiError(Exception):
@@ -61,6 +61,12 @@ class ApiError(Exception):
 
     @classmethod
     def from_routing(cls, e: RoutingError) -> "ApiError":
+        if isinstance(e, RateLimited):
+            return cls(429, str(e), code="rate_limit_exceeded", headers={"retry-after": str(e.retry_after_s)})
+        if isinstance(e, Unauthenticated):
+            return cls(401, str(e), code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+        if isinstance(e, InternalError):
+            return cls(500, str(e), code="internal_error")
         code = {"NOT_FOUND": "model_not_found" if "model" in str(e) else "not_found"}.get(e.grpc_code, e.grpc_code.lower())
         return cls(e.http_status, str(e), code=code,
                    headers={"retry-after": "1"} if e.http_status in (429, 503) else None)
@@ -280,48 +286,73 @@ def _sse(obj: Any) -> bytes:
 
 
 class OpenAIFrontend:
-    """The OpenAI API over one RouterCore (anything with `route(query, emit=None)`, `config`, `pool`)."""
+    """The OpenAI API over one RouterCore (anything with `route(query, emit=None)`, `config`, `pool` and
+    `admission`, the router/admission.py step both ingresses share)."""
 
-    def __init__(self, core, config: Config, digests: dict[str, str], clock=time.monotonic) -> None:
+    def __init__(self, core, config: Config, digests: dict[str, str] | None = None, clock=time.monotonic) -> None:
+        """`digests` and `clock` only build an Admission for a core that has none (a test double); a
+        RouterCore's own `admission` is shared with the gRPC methods of its replica."""
         self.core, self.config = core, config
-        self.auth = Authenticator(config.http, digests)
-        self.limits = RateLimits(config.http, clock)
+        self.admission = getattr(core, "admission", None) or Admission(config, digests or {}, clock=clock)
 
     def _tenant(self, request: Request) -> str:
+        """Authenticate (401 naming what to send) and bound the body's declared size (413)."""
         try:
-            return self.auth.authenticate(request.headers.get("authorization"),
-                                          request.client.host if request.client else None)
-        except AuthError as e:
-            raise ApiError(401, str(e), code="invalid_api_key", headers={"www-authenticate": "Bearer"}) from e
+            tenant = self.admission.authenticate(http_caller(request))
+        except Unauthenticated as e:
+            raise ApiError.from_routing(e) from None
+        size = request.headers.get("content-length")
+        bound = self.config.limits.max_body_bytes
+        if size is not None and size.isdigit() and int(size) > bound:
+            raise ApiError(413, f"the request body has {size} bytes; at most {bound} are accepted "
+                                "(limits.max_body_bytes)", code="request_too_large")
+        return tenant
+
+    def _admit(self, request: Request, query: RouteQuery) -> Ticket:
+        """The admission step (tenant from the credential, rate limits, quotas) for `query`."""
+        try:
+            return self.admission.admit(http_caller(request), query)
+        except RoutingError as e:
+            raise ApiError.from_routing(e) from None
 
     async def chat_completions(self, request: Request) -> Response:
+        ticket: Ticket | None = None
+        streaming = False
+        failure: BaseException | None = None
         try:
             tenant = self._tenant(request)
-            wait = self.limits.take(tenant)
-            if wait > 0:
-                retry = max(1, int(wait + 0.999))
-                raise ApiError(429, f"tenant {tenant!r} is over its rate limit (http.tenants.{tenant}."
-                                    f"requests_per_second); retry in {retry} s", code="rate_limit_exceeded",
-                               headers={"retry-after": str(retry)})
             req = _parse(await request.body())
             query = to_route_query(req, parse_model_name(req.model, self.config), tenant,
                                    request.headers.get("x-request-id"))
             query.session = sessions.explicit_key(req.thinkroute.session, request.headers.get(sessions.SESSION_HEADER),
                                                   req.prompt_cache_key)
             check_tools(req, query, self.config)
+            ticket = self._admit(request, query)
             if req.stream:
-                return await self._stream(req, query)
+                response = await self._stream(req, query, ticket)
+                streaming = True
+                return response
             result = await self.core.route(query)
+            ticket.settle(result.trace)
         except ApiError as e:
+            failure = e
             return e.response()
         except RoutingError as e:
+            failure = e
             return ApiError.from_routing(e).response()
+        except Exception as e:  # noqa: BLE001 - logged under an id; the client gets the id only
+            failure = e
+            return ApiError.from_routing(internal_error(e, log, "chat_completions")).response()
+        finally:
+            if ticket is not None and not streaming:
+                ticket.release(failure)
         body = completion_body(result, req.model, int(time.time()), req.thinkroute.trace)
         return JSONResponse(body, headers={PLAN_HEADER: plan_summary(result.trace),
                                            "x-request-id": result.request_id})
 
-    async def _stream(self, req: ChatCompletionRequest, query: RouteQuery) -> Response:
-        """SSE chunks; errors before the first delta are answered as plain JSON errors with their status."""
+    async def _stream(self, req: ChatCompletionRequest, query: RouteQuery, ticket: Ticket) -> Response:
+        """SSE chunks; errors before the first delta are answered as plain JSON errors with their status.
+        The ticket is released when the stream ends (by the caller on an early error, else by `events`)."""
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
 
@@ -338,6 +369,8 @@ class OpenAIFrontend:
                 await task
             except RoutingError as e:
                 raise ApiError.from_routing(e) from e
+            except Exception as e:  # noqa: BLE001
+                raise ApiError.from_routing(internal_error(e, log, "chat_completions stream")) from None
         head = {"id": f"chatcmpl-{query.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": req.model}
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -349,6 +382,7 @@ class OpenAIFrontend:
 
         async def events():
             item = first
+            failure: BaseException | None = None
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 while item is not done:
@@ -356,10 +390,13 @@ class OpenAIFrontend:
                     item = await queue.get()
                 try:
                     result = await task
-                except RoutingError as e:
-                    yield _sse(ApiError.from_routing(e).body())
+                except Exception as e:  # noqa: BLE001 - RoutingErrors as they are, anything else by id
+                    failure = e
+                    err = e if isinstance(e, RoutingError) else internal_error(e, log, "chat_completions stream")
+                    yield _sse(ApiError.from_routing(err).body())
                     yield b"data: [DONE]\n\n"
                     return
+                ticket.settle(result.trace)
                 more = {"thinkroute_plan": plan_summary(result.trace)}
                 if req.thinkroute.trace:
                     more["thinkroute_trace"] = result.trace
@@ -370,6 +407,7 @@ class OpenAIFrontend:
             finally:
                 if not task.done():
                     task.cancel()  # the client went away: stop the model calls
+                ticket.release(failure)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-request-id": query.request_id})
@@ -425,8 +463,7 @@ def build_http_app(frontend: OpenAIFrontend) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, e: Exception) -> Response:
-        log.exception("unhandled error in the HTTP API")
-        return ApiError(500, f"internal error: {type(e).__name__}: {e}", code="internal").response()
+        return ApiError.from_routing(internal_error(e, log, "HTTP API")).response()
 
     app.add_api_route("/v1/chat/completions", frontend.chat_completions, methods=["POST"])
     from router.responses_api import ResponsesEndpoint

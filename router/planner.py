@@ -108,11 +108,18 @@ class Planner:
 
 
 class DialStore:
-    """The default dial, global and per tenant; changed at runtime by the admin RPC."""
+    """The default dial, global and per tenant, of one router replica; changed at runtime by the admin RPC.
 
-    def __init__(self, default: float, tenants: dict[str, float] | None = None) -> None:
+    Versioned: `set` bumps `version`; `snapshot()` / `apply(snapshot)` carry the state between the
+    app's one owner of runtime dial changes (the `DialState` deployment in router/serve_app.py) and
+    each replica's copy. `epoch` names the owner's instance: a snapshot from a new owner (restarted
+    with the configured dials) replaces the copy whatever its version."""
+
+    def __init__(self, default: float, tenants: dict[str, float] | None = None, epoch: str = "") -> None:
         self.default = default
         self.tenants = dict(tenants or {})
+        self.version = 0
+        self.epoch = epoch
 
     def get(self, tenant: str = "") -> float:
         return self.tenants.get(tenant, self.default) if tenant else self.default
@@ -124,4 +131,16 @@ class DialStore:
             self.tenants[tenant] = value
         else:
             self.default = value
+        self.version += 1
         return value
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "version": self.version, "default": self.default, "tenants": dict(self.tenants)}
+
+    def apply(self, snap: dict[str, Any]) -> bool:
+        """Take `snap` when it is newer (or from another owner instance); True when it changed this copy."""
+        if snap["epoch"] == self.epoch and snap["version"] <= self.version:
+            return False
+        self.epoch, self.version = snap["epoch"], snap["version"]
+        self.default, self.tenants = float(snap["default"]), dict(snap["tenants"])
+        return True

@@ -43,11 +43,12 @@ class Replica:
 
 class WorkerPool:
     def __init__(self, replicas: dict[str, list[str]], scorers: list[tuple[ReplicaScorer, float]] | None = None,
-                 max_attempts: int = 3, down_cooldown_s: float = 2.0) -> None:
+                 max_attempts: int = 3, down_cooldown_s: float = 2.0,
+                 client_factory: Callable[[str], WorkerClient] = WorkerClient) -> None:
         if not replicas:
             raise ValueError("a worker pool needs at least one model with one replica")
         self.replicas: dict[str, list[Replica]] = {
-            model: [Replica(a, model, WorkerClient(a)) for a in addresses] for model, addresses in replicas.items()
+            model: [Replica(a, model, client_factory(a)) for a in addresses] for model, addresses in replicas.items()
         }
         self.scorers = scorers or [(LeastLoadScorer(), 1.0)]
         self.max_attempts = max_attempts
@@ -181,12 +182,12 @@ class WorkerPool:
 
     async def score(self, model: str, prompt: PromptInput, *, continuation_ids: list[int] | None = None,
                     continuation_text: str | None = None, top_k: int = 0, candidate_ids: list[int] | None = None,
-                    deadline: float) -> tuple[Scored, ModelCallRecord]:
+                    deadline: float, cache_salt: str = "") -> tuple[Scored, ModelCallRecord]:
         async def call(replica: Replica, timeout: float, attempt: int):
             start = time.perf_counter()
             r = await replica.client.score(prompt, continuation_ids=continuation_ids,
                                            continuation_text=continuation_text, top_k=top_k,
-                                           candidate_ids=candidate_ids or [], timeout=timeout)
+                                           candidate_ids=candidate_ids or [], timeout=timeout, cache_salt=cache_salt)
             latency = (time.perf_counter() - start) * 1e3
             scored = Scored(continuation=wire.logprobs_from_pb(r.continuation), top_next=wire.logprobs_from_pb(r.top_next),
                             candidates=wire.logprobs_from_pb(r.candidates), prompt_tokens=r.prompt_tokens)

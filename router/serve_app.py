@@ -1,108 +1,155 @@
-"""The Ray Serve application: the router deployment and its two ingresses.
+"""The Ray Serve application: the router deployment, its two ingresses, and the app's dial state.
 
 `build_app(config, addresses)` returns the Application; `thinkroute serve` runs it with
 Ray Serve's gRPC proxy (`grpc_servicer_functions` = the Router servicer) so clients call
 `thinkroute.v1.Router/Generate` on `serve.grpc_port`, and with Ray Serve's HTTP proxy on
 `serve.http_port`, where the same deployment serves the OpenAI-compatible API
 (router/http_api.py, built per replica by `__serve_build_asgi_app__`). Both are thin adapters
-over the replica's one `RouterCore`: wire format -> RouteQuery -> RouterCore.route -> wire
-format; RoutingError -> its gRPC status / HTTP status.
+over the replica's one `RouterCore`: wire format -> Caller + RouteQuery -> core.admission.admit
+(router/admission.py) -> RouterCore.route -> wire format; RoutingError -> its gRPC status /
+HTTP status; anything else -> INTERNAL / 500 carrying only a logged error id.
 
-Dial changes (SetDial) go to a named Ray actor that every router replica re-reads in the
-background every second; the replica that receives SetDial applies it at once.
+Dial state has one owner per application: the `DialState` deployment (one replica, bound into
+the same app, so it is created and deleted with it and never shared with another app). Runtime
+changes (SetDial) go there; every router replica loads its state in its constructor and then
+long-polls it for newer versions from a task started there too, so a replica that only serves
+HTTP (or was started later) follows every change. If the DialState replica is restarted, it comes
+back with the configured dials (a new epoch) and the router replicas follow it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import secrets
+import uuid
 from typing import Any, AsyncIterator
 
 import grpc
-import ray
 from ray import serve
 
 from thinkroute.v1 import router_pb2 as rpb
 
+from router.admission import ADMIN_METADATA, grpc_caller
 from router.config import Config
-from router.errors import PermissionDenied, RoutingError
+from router.errors import RateLimited, RoutingError, internal_error
 from router.http_api import OpenAIFrontend, build_http_app
+from router.planner import DialStore
 from router.router_wire import query_from_pb, result_to_pb
 from router.service import RouterCore
 from router.tenants import key_digests
+from router.worker_client import WorkerTls
 
 log = logging.getLogger("thinkroute.router")
 ROUTER_SERVICER = "thinkroute.v1.router_pb2_grpc.add_RouterServicer_to_server"
-DIAL_ACTOR = "thinkroute-dials"
-ADMIN_METADATA = "x-thinkroute-admin-token"
+__all__ = ["ADMIN_METADATA", "ROUTER_SERVICER", "DialState", "RouterIngress", "app_builder", "build_app"]
+#: How long one long-poll of the dial state waits for a change before it is renewed.
+DIAL_WATCH_S = 30.0
 
 
-@ray.remote(num_cpus=0)
-class DialRegistry:
-    """Source of truth for runtime dial changes across router replicas."""
+class DialState:
+    """The application's runtime dial state (a one-replica Serve deployment): versioned, long-polled."""
 
     def __init__(self, default: float, tenants: dict[str, float]) -> None:
-        self.default, self.tenants = default, dict(tenants)
+        self.store = DialStore(default, tenants, epoch=uuid.uuid4().hex)
+        self._changed = asyncio.Event()
 
-    def set(self, value: float, tenant: str = "") -> None:
-        if tenant:
-            self.tenants[tenant] = value
-        else:
-            self.default = value
+    async def set(self, value: float, tenant: str = "") -> dict[str, Any]:
+        """Change the default (or one tenant's) dial; the new snapshot. InvalidRoute outside [0, 1]."""
+        self.store.set(value, tenant)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self.store.snapshot()
 
-    def get_all(self) -> tuple[float, dict[str, float]]:
-        return self.default, dict(self.tenants)
+    async def get(self) -> dict[str, Any]:
+        return self.store.snapshot()
+
+    async def watch(self, epoch: str, version: int, timeout_s: float = DIAL_WATCH_S) -> dict[str, Any]:
+        """The snapshot as soon as it differs from (epoch, version), or after `timeout_s` in any case."""
+        if epoch == self.store.epoch and version >= self.store.version:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        return self.store.snapshot()
 
 
-def _abort(grpc_context, e: Exception) -> None:
-    code = getattr(grpc.StatusCode, getattr(e, "grpc_code", "INTERNAL"), grpc.StatusCode.INTERNAL)
-    if grpc_context is not None:
-        grpc_context.set_code(code)
-        grpc_context.set_details(str(e))
+def _set_status(grpc_context, e: RoutingError) -> None:
+    if grpc_context is None:
+        return
+    grpc_context.set_code(getattr(grpc.StatusCode, e.grpc_code, grpc.StatusCode.INTERNAL))
+    grpc_context.set_details(str(e))
+    if isinstance(e, RateLimited):
+        grpc_context.set_trailing_metadata([("retry-after", str(e.retry_after_s))])
+
+
+def _as_routing_error(e: BaseException, where: str) -> RoutingError:
+    """RoutingErrors pass; anything else is logged under an id and becomes InternalError(id)."""
+    return e if isinstance(e, RoutingError) else internal_error(e, log, where)
 
 
 class RouterIngress:
     """Router deployment: gRPC methods named after thinkroute.v1.Router's RPCs, and the OpenAI HTTP API.
 
-    `api_key_digests` ({sha256(key): tenant}, from `router.tenants.key_digests`) authenticate HTTP clients.
+    `api_key_digests` ({sha256(key): tenant}, from `router.tenants.key_digests`) authenticate both
+    ingresses; `dial_state` is the app's DialState handle (None: this replica's dials are its own);
+    `worker_ca_pem` (bytes) turns on TLS to the workers.
     """
 
-    def __init__(self, config: dict[str, Any], addresses: dict[str, list[str]], admin_token: str | None,
-                 api_key_digests: dict[str, str] | None = None) -> None:
+    async def __init__(self, config: dict[str, Any], addresses: dict[str, list[str]], admin_token: str | None,
+                       api_key_digests: dict[str, str] | None = None, dial_state=None,
+                       worker_ca_pem: bytes | None = None) -> None:
         self.config = Config.model_validate(config)
-        self.core = RouterCore(self.config, addresses, policy=_load_policy(self.config))
-        self.admin_token = admin_token
+        tls = WorkerTls(worker_ca_pem, self.config.tls.worker_server_name) if worker_ca_pem else None
+        self.core = RouterCore(self.config, addresses, policy=_load_policy(self.config),
+                               api_key_digests=api_key_digests or {}, admin_token=admin_token, worker_tls=tls)
+        try:
+            self.core.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside Serve (tests): no replica id in traces
+            pass
         self.http = OpenAIFrontend(self.core, self.config, api_key_digests or {})
-        self._dials = DialRegistry.options(name=DIAL_ACTOR, get_if_exists=True, lifetime="detached").remote(
-            self.config.dial.default, self.config.dial.tenants)
-        self._refresh_task: asyncio.Task | None = None
+        self._dial_state = dial_state
+        self._dial_task: asyncio.Task | None = None
+        if dial_state is not None:
+            self.core.dials.apply(await dial_state.get.remote())
+            self._dial_task = asyncio.get_running_loop().create_task(self._follow_dials())
 
-    def _ensure_refresh(self) -> None:
-        if self._refresh_task is None:
-            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_dials())
-
-    async def _refresh_dials(self) -> None:
+    async def _follow_dials(self) -> None:
+        """Long-poll the app's DialState for as long as this replica lives."""
         while True:
             try:
-                default, tenants = await self._dials.get_all.remote()
-                self.core.dials.default, self.core.dials.tenants = default, tenants
-            except Exception:  # noqa: BLE001 - keep serving with the last known dials
-                log.warning("could not refresh dials from %s", DIAL_ACTOR)
-            await asyncio.sleep(1.0)
+                snap = await self._dial_state.watch.remote(self.core.dials.epoch, self.core.dials.version)
+                if self.core.dials.apply(snap):
+                    log.info("dials now version %s: default %s, tenants %s", snap["version"], snap["default"],
+                             snap["tenants"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep serving with the last known dials, try again
+                log.warning("could not read the dial state; retrying in 1 s", exc_info=True)
+                await asyncio.sleep(1.0)
 
     # -- thinkroute.v1.Router ------------------------------------------------------------------
     async def Generate(self, request: rpb.RouteRequest, grpc_context=None) -> rpb.RouteResponse:
-        self._ensure_refresh()
         try:
-            result = await self.core.route(query_from_pb(request))
+            query = query_from_pb(request)
+            with self.core.admission.admit(grpc_caller(grpc_context), query) as ticket:
+                result = await self.core.route(query)
+                ticket.settle(result.trace)
             return result_to_pb(result)
-        except RoutingError as e:
-            _abort(grpc_context, e)
-            raise
+        except Exception as e:  # noqa: BLE001 - every failure leaves as a status
+            err = _as_routing_error(e, "Generate")
+            _set_status(grpc_context, err)
+            if isinstance(err, RateLimited) and grpc_context is not None:
+                return rpb.RouteResponse()  # the status is the answer; returning keeps the retry-after trailer
+            raise err from None
 
     async def GenerateStream(self, request: rpb.RouteRequest, grpc_context=None) -> AsyncIterator[rpb.RouteStreamResponse]:
-        self._ensure_refresh()
+        try:
+            query = query_from_pb(request)
+            ticket = self.core.admission.admit(grpc_caller(grpc_context), query)
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "GenerateStream")
+            _set_status(grpc_context, err)
+            raise err from None
         queue: asyncio.Queue = asyncio.Queue()
 
         async def emit(delta: str) -> None:
@@ -110,47 +157,59 @@ class RouterIngress:
 
         async def run():
             try:
-                return await self.core.route(query_from_pb(request), emit=emit)
+                return await self.core.route(query, emit=emit)
             finally:
                 await queue.put(None)
 
         task = asyncio.get_running_loop().create_task(run())
+        failure: BaseException | None = None
         try:
             while (delta := await queue.get()) is not None:
                 yield rpb.RouteStreamResponse(text_delta=delta)
             result = await task
-        except RoutingError as e:
-            _abort(grpc_context, e)
-            raise
+            ticket.settle(result.trace)
+        except Exception as e:  # noqa: BLE001
+            failure = e
+            err = _as_routing_error(e, "GenerateStream")
+            _set_status(grpc_context, err)
+            raise err from None
         finally:
             if not task.done():
                 task.cancel()
+            ticket.release(failure)
         yield rpb.RouteStreamResponse(final=result_to_pb(result))
-
-    def _check_admin(self, grpc_context) -> None:
-        metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
-        given = metadata.get(ADMIN_METADATA, "")
-        if not self.admin_token or not secrets.compare_digest(given, self.admin_token):
-            raise PermissionDenied(
-                f"admin calls need metadata {ADMIN_METADATA!r} equal to the token in "
-                f"${self.config.serve.admin_token_env}" + ("" if self.admin_token else " (not set on this router)"))
 
     async def SetDial(self, request: rpb.SetDialRequest, grpc_context=None) -> rpb.DialResponse:
         try:
-            self._check_admin(grpc_context)
-            value = self.core.dials.set(request.dial, request.tenant)
-            await self._dials.set.remote(value, request.tenant)
-            return rpb.DialResponse(dial=value, tenant=request.tenant)
-        except RoutingError as e:
-            _abort(grpc_context, e)
-            raise
+            self.core.admission.check_admin(grpc_caller(grpc_context))
+            if self._dial_state is not None:
+                self.core.dials.apply(await self._dial_state.set.remote(request.dial, request.tenant))
+            else:
+                self.core.dials.set(request.dial, request.tenant)
+            return rpb.DialResponse(dial=self.core.dials.get(request.tenant), tenant=request.tenant)
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "SetDial")
+            _set_status(grpc_context, err)
+            raise err from None
 
     async def GetDial(self, request: rpb.GetDialRequest, grpc_context=None) -> rpb.DialResponse:
-        return rpb.DialResponse(dial=self.core.dials.get(request.tenant), tenant=request.tenant)
+        try:
+            self.core.admission.may_read_tenant(grpc_caller(grpc_context), request.tenant)
+            return rpb.DialResponse(dial=self.core.dials.get(request.tenant), tenant=request.tenant)
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "GetDial")
+            _set_status(grpc_context, err)
+            raise err from None
 
     async def PoolStats(self, request: rpb.PoolStatsRequest, grpc_context=None) -> rpb.PoolStatsResponse:
-        stats = await self.core.pool.stats()
-        return rpb.PoolStatsResponse(pools=[rpb.PoolStats(**s) for s in stats])
+        try:
+            self.core.admission.authenticate(grpc_caller(grpc_context))
+            stats = await self.core.pool.stats()
+            return rpb.PoolStatsResponse(pools=[rpb.PoolStats(**s) for s in stats])
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "PoolStats")
+            _set_status(grpc_context, err)
+            raise err from None
 
     def __serve_build_asgi_app__(self):
         """Called by Ray Serve once per replica, after __init__: the HTTP ingress over this replica's core."""
@@ -170,9 +229,15 @@ def _load_policy(config: Config):
 
 
 def build_app(config: Config, addresses: dict[str, list[str]]) -> serve.Application:
-    """The router Application for `serve.run`, configured by `config` with these worker addresses."""
+    """The router Application for `serve.run`, configured by `config` with these worker addresses.
+
+    Secrets are read here, on the host that builds the app: API keys (only their digests travel) and
+    the admin token from the environment; the workers' CA from `tls.worker_ca_file`."""
     admin_token = os.environ.get(config.serve.admin_token_env) or None
-    digests = key_digests(config.http)  # keys are read here, from the environment; only digests travel
+    digests = key_digests(config.auth)
+    worker_tls = WorkerTls.from_files(config.tls.worker_ca_file, config.tls.worker_server_name)
+    dials = serve.deployment(DialState, name="dials", num_replicas=1, max_ongoing_requests=10_000,
+                             ray_actor_options={"num_cpus": 0})
     deployment = serve.deployment(
         serve.ingress()(RouterIngress),
         name="router",
@@ -180,7 +245,9 @@ def build_app(config: Config, addresses: dict[str, list[str]]) -> serve.Applicat
         max_ongoing_requests=config.serve.max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
     )
-    return deployment.bind(config.model_dump(mode="json"), addresses, admin_token, digests)
+    return deployment.bind(config.model_dump(mode="json"), addresses, admin_token, digests,
+                           dials.bind(config.dial.default, config.dial.tenants),
+                           worker_tls.ca_pem if worker_tls else None)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

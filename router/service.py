@@ -3,34 +3,50 @@
     ingress -> RouterCore.route(query) -> Planner.plan -> Strategy.run(ctx) -> RouteResult(+trace)
 
 It is plain asyncio (no Ray): the Ray Serve deployment in router/serve_app.py holds one.
+Before `route`, each ingress passes the request through `core.admission` (router/admission.py:
+credential -> tenant, rate limits, quotas); `validate` applies the request bounds (`limits:`).
 """
 from __future__ import annotations
 
 import time
 from typing import Awaitable, Callable
 
+from router.admission import Admission, check_caps
 from router.answers import extract_final_answer
+from router.cache_salt import tenant_cache_salt
 from router.config import Config
 from router.errors import InvalidRoute
 from router.planner import DialStore, Planner
 from router.pool import WorkerPool
 from router.strategies.base import Context
 from router.trace import Trace
+from router.worker_client import WorkerClient, WorkerTls
 from router.types import RouteQuery, RouteResult
 
 
 class RouterCore:
-    def __init__(self, config: Config, addresses: dict[str, list[str]], policy=None) -> None:
+    def __init__(self, config: Config, addresses: dict[str, list[str]], policy=None,
+                 api_key_digests: dict[str, str] | None = None, admin_token: str | None = None,
+                 worker_tls: WorkerTls | None = None) -> None:
+        """`api_key_digests` ({sha256(key): tenant}, router.tenants.key_digests) and `admin_token` feed
+        `self.admission`, shared by both ingresses of this replica. `worker_tls` (default: read from
+        `config.tls.worker_ca_file`) makes router -> worker gRPC TLS."""
         from router.scorers import build_scorer
 
         self.config = config
+        self.admission = Admission(config, api_key_digests or {}, admin_token)
         scorers = [(build_scorer(s.name, s.params), s.weight) for s in config.router.scorers]
-        self.pool = WorkerPool(addresses, scorers=scorers, max_attempts=config.router.max_attempts)
+        if worker_tls is None:
+            worker_tls = WorkerTls.from_files(config.tls.worker_ca_file, config.tls.worker_server_name)
+        self.pool = WorkerPool(addresses, scorers=scorers, max_attempts=config.router.max_attempts,
+                               client_factory=lambda address: WorkerClient(address, worker_tls))
         self.dials = DialStore(config.dial.default, config.dial.tenants)
         self.planner = Planner(config, self.dials, policy)
+        self.replica_id = ""  # the Serve replica holding this core, reported in traces (details.router_replica)
 
     def validate(self, query: RouteQuery) -> None:
         """Boundary checks that need no model: raise InvalidRoute naming the field."""
+        check_caps(query, self.config.limits)
         if not query.query.strip() and not query.messages:
             raise InvalidRoute("the request has no question: set `query` or `messages`")
         if query.messages:
@@ -66,10 +82,13 @@ class RouterCore:
             infos = {role: await self.pool.info(model) for role, model in plan.models.items()}
             await plan.strategy.check_plan(infos)
         trace.plan = plan.to_dict()
-        ctx = Context(self.pool, plan.models, trace, deadline, emit)
+        ctx = Context(self.pool, plan.models, trace, deadline, emit,
+                      cache_salt=tenant_cache_salt(self.config.redis, query.tenant))
         with trace.stage("execute"):
             result = await plan.strategy.answer(query, ctx)  # run, then flush the unstreamed rest
         trace.details.update(result.details)
+        if self.replica_id:
+            trace.details["router_replica"] = self.replica_id
         trace.stage_ms["total"] = (time.perf_counter() - t0) * 1e3
         return RouteResult(request_id=query.request_id, text=result.text,
                            final_answer=extract_final_answer(result.text), finish_reason=result.finish_reason,

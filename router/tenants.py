@@ -1,13 +1,16 @@
-"""Tenants of the OpenAI-compatible HTTP API: who a request is (API key -> tenant) and how fast it may go.
+"""Tenants: who a request is (API key -> tenant) and the token buckets that pace it.
+
+Used by router/admission.py, the one admission step of both ingresses.
 
 - Keys never travel or sit in memory in clear beyond the request that carries them: `key_digests`
-  (called once where the app is built) turns `http.tenants.<name>.api_key_env` / `.api_key_sha256`
+  (called once where the app is built) turns `auth.tenants.<name>.api_key_env` / `.api_key_sha256`
   into {sha256(key): tenant}; the router replicas only ever see digests.
-- `Authenticator.authenticate(authorization, client_host)` -> tenant name, or `AuthError` (HTTP 401).
-  Anonymous requests (no `Authorization` header) follow `http.anonymous_access` (see router/config.py).
-- `TokenBucket` is the per-tenant rate limit: `take()` returns 0 when the request may go, else the
-  seconds until it could (the ingress answers 429 with that as `Retry-After`). Buckets live in each
-  router replica, so with `serve.router_replicas: N` a tenant's effective limit is up to N times larger.
+- `Authenticator.authenticate(authorization, client_host)` -> tenant name, or `AuthError`
+  (HTTP 401 / gRPC UNAUTHENTICATED). Requests without a key follow `auth.anonymous_access`.
+- `TokenBucket`: `take(n)` returns 0 when `n` may go, else the seconds until it could (the ingress
+  answers 429 / RESOURCE_EXHAUSTED with that as `Retry-After`); `charge(n)` settles a difference
+  afterwards (may go into debt). Buckets live in each router replica, so with
+  `serve.router_replicas: N` a tenant's effective limit is up to N times larger.
 """
 from __future__ import annotations
 
@@ -16,10 +19,9 @@ import hmac
 import ipaddress
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from router.config import HttpConfig
+from router.config import AuthConfig
 
 Clock = Callable[[], float]
 
@@ -32,23 +34,23 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def key_digests(http: HttpConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def key_digests(auth: AuthConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """{sha256(api key): tenant} from the config; raises ValueError naming a tenant whose key is missing."""
     environ = os.environ if environ is None else environ
     out: dict[str, str] = {}
-    for name, t in http.tenants.items():
+    for name, t in auth.tenants.items():
         digests = []
         if t.api_key_sha256:
             digests.append(t.api_key_sha256.lower())
         if t.api_key_env:
             key = environ.get(t.api_key_env, "")
             if not key:
-                raise ValueError(f"http.tenants.{name}.api_key_env names ${t.api_key_env}, which is not set: export "
+                raise ValueError(f"auth.tenants.{name}.api_key_env names ${t.api_key_env}, which is not set: export "
                                  f"the tenant's API key there (or use api_key_sha256)")
             digests.append(digest(key))
         for d in digests:
             if d in out and out[d] != name:
-                raise ValueError(f"http.tenants.{name} and http.tenants.{out[d]} have the same API key")
+                raise ValueError(f"auth.tenants.{name} and auth.tenants.{out[d]} have the same API key")
             out[d] = name
     return out
 
@@ -67,30 +69,32 @@ def is_loopback(host: str | None) -> bool:
 class Authenticator:
     """Maps `Authorization: Bearer <key>` to a tenant name."""
 
-    def __init__(self, http: HttpConfig, digests: dict[str, str]) -> None:
+    def __init__(self, auth: AuthConfig, digests: dict[str, str]) -> None:
         self.digests = dict(digests)
-        self.mode = http.anonymous_access
-        self.anonymous_tenant = http.anonymous_tenant
+        self.mode = auth.anonymous_access
+        self.anonymous_tenant = auth.anonymous_tenant
 
     def authenticate(self, authorization: str | None, client_host: str | None) -> str:
         if authorization:
             scheme, _, key = authorization.partition(" ")
             if scheme.lower() != "bearer" or not key.strip():
-                raise AuthError("the Authorization header must be `Bearer <api key>`")
+                raise AuthError("the credential must be `Bearer <api key>` (HTTP header Authorization / gRPC "
+                                "metadata authorization)")
             d = digest(key.strip())
             for known, tenant in self.digests.items():
                 if hmac.compare_digest(known, d):
                     return tenant
             if not self.digests and self._anonymous_ok(client_host):
                 return self.anonymous_tenant  # open router: any key (clients often send a dummy one) is anonymous
-            raise AuthError("invalid API key: use a key configured in http.tenants.<name> (api_key_env or api_key_sha256)")
+            raise AuthError("invalid API key: use a key configured in auth.tenants.<name> (api_key_env or api_key_sha256)")
         if self._anonymous_ok(client_host):
             return self.anonymous_tenant
         if self.mode == "loopback" and not self.digests:
-            raise AuthError("no API key was sent, and anonymous access (http.anonymous_access: loopback) is only for "
+            raise AuthError("no API key was sent, and anonymous access (auth.anonymous_access: loopback) is only for "
                             f"clients on the router's own host; this client is {client_host or 'unknown'}. Configure "
-                            "http.tenants with API keys, or set http.anonymous_access: on")
-        raise AuthError("missing API key: send `Authorization: Bearer <api key>` (the openai client's api_key)")
+                            "auth.tenants with API keys, or set auth.anonymous_access: on")
+        raise AuthError("missing API key: send `Authorization: Bearer <api key>` (HTTP; the openai client's api_key) "
+                        "or gRPC metadata `authorization: Bearer <api key>`")
 
     def _anonymous_ok(self, client_host: str | None) -> bool:
         if self.mode == "on":
@@ -118,21 +122,32 @@ class TokenBucket:
             return 0.0
         return (n - self.tokens) / self.rate
 
+    def charge(self, n: float) -> None:
+        """Settle `n` more tokens (negative = give back, up to `burst`); the bucket may go into debt."""
+        if self.rate <= 0:
+            return
+        self.tokens = min(self.burst, self.tokens - n)
 
-@dataclass
+
 class RateLimits:
-    """One bucket per tenant, made on first use from `http.tenants.<name>` (unlimited when absent)."""
+    """One bucket per tenant and kind, made on first use from `auth.tenants.<name>` (unlimited when absent).
 
-    http: HttpConfig
-    clock: Clock = time.monotonic
+    kind `requests`: `requests_per_second` / `burst`; kind `tokens`: `tokens_per_second` / `token_burst`."""
 
-    def __post_init__(self) -> None:
-        self.buckets: dict[str, TokenBucket] = {}
+    def __init__(self, auth: AuthConfig, clock: Clock = time.monotonic) -> None:
+        self.auth, self.clock = auth, clock
+        self.buckets: dict[tuple[str, str], TokenBucket] = {}
 
-    def take(self, tenant: str) -> float:
-        bucket = self.buckets.get(tenant)
-        if bucket is None:
-            t = self.http.tenants.get(tenant)
-            bucket = TokenBucket(t.requests_per_second if t else 0.0, t.burst if t else 1, self.clock)
-            self.buckets[tenant] = bucket
-        return bucket.take()
+    def bucket(self, tenant: str, kind: str = "requests") -> TokenBucket:
+        b = self.buckets.get((tenant, kind))
+        if b is None:
+            t = self.auth.tenants.get(tenant)
+            if kind == "requests":
+                b = TokenBucket(t.requests_per_second if t else 0.0, t.burst if t else 1, self.clock)
+            else:
+                b = TokenBucket(t.tokens_per_second if t else 0.0, t.token_burst if t else 1, self.clock)
+            self.buckets[(tenant, kind)] = b
+        return b
+
+    def take(self, tenant: str, n: float = 1.0, kind: str = "requests") -> float:
+        return self.bucket(tenant, kind).take(n)

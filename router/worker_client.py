@@ -3,11 +3,14 @@
 Converts between `workers.types` and protobuf, applies per-call deadlines, and raises
 `grpc.aio.AioRpcError` unchanged (the pool decides about retries and error mapping).
 The channel is created lazily on the event loop that first uses it (grpc.aio objects are
-loop-bound).
+loop-bound). With `WorkerTls` (config `tls.worker_ca_file`) the channel is TLS, verifying the
+worker's certificate against that CA.
 """
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator
 
 import grpc
@@ -32,9 +35,32 @@ CHANNEL_OPTIONS = [
 ]
 
 
+@dataclass(frozen=True)
+class WorkerTls:
+    """TLS to the workers: the CA bundle (PEM bytes) that signs their certificates, and the name to verify
+    when it is not the host of the worker's address."""
+
+    ca_pem: bytes
+    server_name: str | None = None
+
+    @classmethod
+    def from_files(cls, ca_file: str | None, server_name: str | None = None) -> "WorkerTls | None":
+        """None when `ca_file` is None (plaintext); raises ValueError naming a missing or empty file."""
+        if not ca_file:
+            return None
+        try:
+            pem = Path(ca_file).read_bytes()
+        except OSError as e:
+            raise ValueError(f"tls.worker_ca_file {ca_file!r} cannot be read: {e.strerror}") from None
+        if b"BEGIN CERTIFICATE" not in pem:
+            raise ValueError(f"tls.worker_ca_file {ca_file!r} holds no PEM certificate")
+        return cls(pem, server_name)
+
+
 class WorkerClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: WorkerTls | None = None) -> None:
         self.address = address
+        self.tls = tls
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.WorkerStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -43,7 +69,14 @@ class WorkerClient:
     def stub(self) -> pb_grpc.WorkerStub:
         loop = asyncio.get_running_loop()
         if self._stub is None or self._loop is not loop:
-            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            if self.tls is None:
+                self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            else:
+                options = list(CHANNEL_OPTIONS)
+                if self.tls.server_name:
+                    options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+                creds = grpc.ssl_channel_credentials(root_certificates=self.tls.ca_pem)
+                self._channel = grpc.aio.secure_channel(self.address, creds, options=options)
             self._stub = pb_grpc.WorkerStub(self._channel)
             self._loop = loop
         return self._stub
@@ -60,11 +93,14 @@ class WorkerClient:
                                  sampling=wire.sampling_to_pb(sampling))
         if sampling.constraint is not None:  # structured output travels beside the sampling parameters
             req.constraint.CopyFrom(wire.constraint_to_pb(sampling.constraint))
+        if sampling.cache_salt:  # so does the tenant's prefix-cache salt
+            req.cache_salt = sampling.cache_salt
         return self.stub.Generate(req, timeout=timeout)
 
     async def score(self, prompt: PromptInput, *, continuation_ids: list[int] | None, continuation_text: str | None,
-                    top_k: int, candidate_ids: list[int], timeout: float) -> pb.ScoreResponse:
-        req = pb.ScoreRequest(prompt=wire.prompt_to_pb(prompt), top_k=top_k, candidate_ids=candidate_ids)
+                    top_k: int, candidate_ids: list[int], timeout: float, cache_salt: str = "") -> pb.ScoreResponse:
+        req = pb.ScoreRequest(prompt=wire.prompt_to_pb(prompt), top_k=top_k, candidate_ids=candidate_ids,
+                              cache_salt=cache_salt)
         if continuation_ids is not None:
             req.continuation_ids.CopyFrom(pb.TokenIds(ids=continuation_ids))
         elif continuation_text is not None:

@@ -153,6 +153,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         try:
             self._check_accepting()
             limits.check_score(request)
+            if len(request.cache_salt) > 256:
+                raise InvalidRequest(f"cache_salt is {len(request.cache_salt)} characters; at most 256")
             ids = self._prompt_ids(request.prompt)
             which = request.WhichOneof("continuation")
             if which == "continuation_text":
@@ -168,7 +170,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             if len(ids) + len(cont) > self.engine.info.context_length:
                 raise InvalidRequest("prompt + continuation exceed the model's context length")
             async with self.admission.slot():
-                r = await self.engine.score(ids, cont, request.top_k, list(request.candidate_ids))
+                r = await self.engine.score(ids, cont, request.top_k, list(request.candidate_ids),
+                                            cache_salt=request.cache_salt)
             return pb.ScoreResponse(
                 continuation=wire.logprobs_to_pb(r.continuation), top_next=wire.logprobs_to_pb(r.top_next),
                 candidates=wire.logprobs_to_pb(r.candidates), prompt_tokens=r.prompt_tokens,
@@ -226,13 +229,27 @@ def _progress(msg: str) -> None:
     print(f"[worker {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def server_credentials(cert_file: str, key_file: str) -> grpc.ServerCredentials:
+    """TLS server credentials from PEM files (certificate chain, private key); ValueError naming a bad file."""
+    pems = []
+    for what, path in (("certificate", cert_file), ("private key", key_file)):
+        try:
+            pems.append(open(path, "rb").read())
+        except OSError as e:
+            raise ValueError(f"worker TLS {what} file {path!r} cannot be read: {e.strerror}") from None
+    return grpc.ssl_server_credentials([(pems[1], pems[0])])
+
+
 async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0, grace_s: float = 30.0,
-                       replica_id: str | None = None, ready_file: str | None = None) -> int:
+                       replica_id: str | None = None, ready_file: str | None = None,
+                       tls_cert_file: str | None = None, tls_key_file: str | None = None) -> int:
     """Load the engine, serve until SIGTERM/SIGINT (drain, then exit 0) or engine death (exit 3).
 
     `port=0` picks a free port; the bound address is printed as `READY host:port` on stdout and,
     when `ready_file` is given, written there (how `thinkroute serve` and the tests find it).
+    With `tls_cert_file` and `tls_key_file` (PEM) the port serves TLS only.
     """
+    creds = server_credentials(tls_cert_file, tls_key_file) if tls_cert_file and tls_key_file else None
     from transformers import AutoTokenizer
 
     from workers.backends import make_engine
@@ -260,7 +277,8 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
     servicer = WorkerServicer(engine, renderer, cfg, replica_id, health_servicer)
     pb_grpc.add_WorkerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = (server.add_secure_port(f"{host}:{port}", creds) if creds is not None
+             else server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
         raise RuntimeError(f"could not bind {host}:{port}: is the port in use?")
     await server.start()

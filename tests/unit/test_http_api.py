@@ -259,10 +259,10 @@ TENANTS = {"http.tenants": {"acme": {"api_key_env": "ACME_KEY", "dial": 0.2, "re
 def test_keys_map_to_tenants_and_tenant_dials_join_the_dial_config():
     config = load_config(overrides=TENANTS)
     assert config.dial.tenants == {"acme": 0.2}
-    digests = key_digests(config.http, {"ACME_KEY": "acme-key"})
+    digests = key_digests(config.auth, {"ACME_KEY": "acme-key"})
     assert digests == {digest("acme-key"): "acme", digest("beta-key"): "beta"}
     with pytest.raises(ValueError, match="ACME_KEY"):
-        key_digests(config.http, {})
+        key_digests(config.auth, {})
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -277,7 +277,7 @@ def test_invalid_tenant_config_names_the_field(override, needle):
 
 
 def test_api_keys_authenticate_tenants():
-    client, core = make_client(TENANTS, key_digests(load_config(overrides=TENANTS).http, {"ACME_KEY": "acme-key"}))
+    client, core = make_client(TENANTS, key_digests(load_config(overrides=TENANTS).auth, {"ACME_KEY": "acme-key"}))
     assert_openai_error(chat(client), 401, "missing API key")
     assert_openai_error(chat(client, headers={"authorization": "Bearer nope"}), 401, "invalid API key")
     assert_openai_error(chat(client, headers={"authorization": "Basic abc"}), 401, "Bearer")
@@ -326,7 +326,7 @@ def test_token_bucket():
 
 
 def test_authenticator_refuses_a_wrong_key_even_when_anonymous_access_is_on():
-    auth = Authenticator(load_config(overrides={"http.anonymous_access": "on"}).http, {digest("k"): "t"})
+    auth = Authenticator(load_config(overrides={"http.anonymous_access": "on"}).auth, {digest("k"): "t"})
     assert auth.authenticate(None, "10.0.0.1") == "default"
     assert auth.authenticate("Bearer k", "10.0.0.1") == "t"
     with pytest.raises(AuthError):
