@@ -28,6 +28,8 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # connector counters readable in-process
+# The blocks' MAC key (workers/kv/codec.py), shared with the writer subprocess through the environment.
+os.environ.setdefault("THINKROUTE_KV_MAC_KEY", __import__("secrets").token_urlsafe(32))
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 DATA = Path(os.environ.get("THINKROUTE_DATA", ROOT.parent / "shared" / "data")) / "gsm8k"
