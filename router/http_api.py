@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -31,8 +31,13 @@ from router.config import Config
 from router.admission import Admission, Ticket, http_caller
 from router.errors import InternalError, RateLimited, RoutingError, Unauthenticated, internal_error
 from router.strategies import get_strategy, strategy_names
+from router.chat import turn as chat_turn
+from router.chat.output import ChunkWriter, assistant_message, finish_reason
+from router.chat.schema import BadField
+from router.chat.tools import Family, ToolTurn, family_for
+from router.chat.usage import answered_by, usage_from_trace
+from router.planner import CONSTRAINED_STRATEGIES
 from router.types import RouteQuery, RouteResult
-from workers.types import ChatMessage
 
 log = logging.getLogger("thinkroute.http")
 
@@ -72,24 +77,6 @@ class ApiError(Exception):
                    headers={"retry-after": "1"} if e.http_status in (429, 503) else None)
 
 
-# -- tool calls --------------------------------------------------------------------------------
-class ToolCallFormat(Protocol):
-    """How one model family is told about tools and how its tool calls are read back from its text."""
-
-    def matches(self, model_id: str) -> bool: ...
-    def render(self, tools: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]: ...  # chat-template kwargs
-    def parse(self, text: str) -> list[dict[str, Any]]: ...                                # OpenAI tool_calls
-
-
-#: Families with a known tool-call format. SmolLM2-135M and Gemma 3 270M (base) have none, so a
-#: request with `tools` is refused (400) naming the model; add a family's format here to allow it.
-TOOL_CALL_FORMATS: dict[str, ToolCallFormat] = {}
-
-
-def tool_format(model_id: str) -> ToolCallFormat | None:
-    return next((f for f in TOOL_CALL_FORMATS.values() if f.matches(model_id)), None)
-
-
 # -- request models ----------------------------------------------------------------------------
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -103,11 +90,19 @@ class TextPart(_Lenient):
 class Message(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None   # assistant: the calls it made
+    tool_call_id: str | None = None                   # tool: the call this result answers
+    name: str | None = None                           # function (legacy): the function's name
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain form router/chat/turn.py reads."""
+        return {"role": self.role, "content": self.text(), "tool_calls": self.tool_calls,
+                "tool_call_id": self.tool_call_id, "name": self.name}
 
 
 class StreamOptions(_Lenient):
@@ -141,6 +136,7 @@ class ChatCompletionRequest(_Lenient):
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     response_format: dict[str, Any] | None = None
     prompt_cache_key: str | None = None
@@ -188,28 +184,85 @@ def model_names(config: Config) -> list[str]:
     return [POLICY_MODEL, *config.models, *(STRATEGY_PREFIX + s for s in strategy_names())]
 
 
-def to_route_query(req: ChatCompletionRequest, target: Target, tenant: str, request_id: str | None = None) -> RouteQuery:
-    """OpenAI request -> RouteQuery (the same type the gRPC ingress builds). Raises ApiError 400."""
+def reachable_models(req: ChatCompletionRequest, target: Target, config: Config) -> list[str]:
+    """The model pools a tool-calling or structured-output turn of this request may be answered by.
+
+    Such turns run only on plans in CONSTRAINED_STRATEGIES (`direct`): a named model; the default
+    model for `strategy/direct`; the policy's `direct` candidates; else the configured default.
+    """
+    strategy = req.thinkroute.strategy or target.strategy
+    if target.model:
+        return [target.model]
+    if strategy:
+        if strategy in CONSTRAINED_STRATEGIES:
+            return [config.router.default_model]
+        cls = get_strategy(strategy)
+        return [config.router.roles[r] for r in cls.roles if r in config.router.roles]
+    if config.policy is not None:
+        models = [c.model or config.router.default_model for c in config.policy.candidates.values()
+                  if c.strategy in CONSTRAINED_STRATEGIES]
+        return list(dict.fromkeys(models)) or [config.router.default_model]
+    return [config.router.default_model]
+
+
+def tool_family(models: list[str], config: Config) -> Family:
+    """The one tool-call family of `models` (BadField when they differ: the request must name a model)."""
+    families = [family_for(config.models[m].model or m) for m in models]
+    formats = {f.format.name for f in families}
+    if len(formats) > 1:
+        raise BadField("model", f"the models this request may reach ({models}) use different tool-call formats "
+                                f"({sorted(formats)}): name one model")
+    slow = next((f for f in families if not f.parallel), None)
+    return slow or families[0]
+
+
+def chat_query(req: ChatCompletionRequest, target: Target, tenant: str, request_id: str | None,
+               config: Config) -> tuple[RouteQuery, ToolTurn]:
+    """OpenAI request -> (RouteQuery, ToolTurn). Raises ApiError 400 naming the field.
+
+    The turn holds the declared tools, `tool_choice`, `parallel_tool_calls` and `response_format`
+    (router/chat/turn.py); the query carries the conversation with tool calls and results written
+    in the answering family's format and the structured-output constraint the worker enforces.
+    """
+    try:
+        turn = chat_turn.tool_turn(req.tools, req.tool_choice, req.parallel_tool_calls, req.response_format,
+                                   tool_family(reachable_models(req, target, config), config))
+        messages = chat_turn.render_messages([m.as_dict() for m in req.messages], turn)
+        constraint = chat_turn.output_constraint(turn)
+    except BadField as e:
+        raise ApiError(400, str(e), param=e.param, code=e.code) from e
+    strategy = req.thinkroute.strategy or target.strategy
+    if (turn.active or constraint is not None) and strategy and strategy not in CONSTRAINED_STRATEGIES:
+        field = "tools" if turn.active else "response_format"
+        raise ApiError(400, f"strategy {strategy!r} cannot answer with tool calls or structured output (its answer "
+                            f"mixes several model calls); send `{field}` to a model name, strategy/direct or "
+                            "thinkroute (the policy then chooses among plans that can)", param=field,
+                       code="unsupported_value")
+    query = to_route_query(req, target, tenant, request_id, messages=messages)
+    query.constraint = constraint
+    query.tools = tuple(t.name for t in turn.tools) if turn.active else ()
+    return query, turn
+
+
+def to_route_query(req: ChatCompletionRequest, target: Target, tenant: str, request_id: str | None = None,
+                   messages: list[ChatMessage] | None = None) -> RouteQuery:
+    """OpenAI request -> RouteQuery (the same type the gRPC ingress builds). Raises ApiError 400.
+
+    `messages`: the conversation as rendered by `chat_query` (tool calls and results included);
+    by default the request's messages as they are (tool messages need `chat_query`).
+    """
     if (req.n or 1) != 1:
         raise ApiError(400, f"n = {req.n}: this router returns one choice per request; send n=1 (or omit it)",
                        param="n", code="unsupported_value")
     if req.logprobs:
         raise ApiError(400, "logprobs are not supported by this endpoint; omit `logprobs`", param="logprobs",
                        code="unsupported_value")
-    if req.response_format and req.response_format.get("type", "text") != "text":
-        raise ApiError(400, f"response_format {req.response_format.get('type')!r} is not supported; "
-                            "only {\"type\": \"text\"}", param="response_format", code="unsupported_value")
     ext = req.thinkroute
     if ext.strategy and target.strategy and ext.strategy != target.strategy:
         raise ApiError(400, f"model {req.model!r} and thinkroute.strategy {ext.strategy!r} disagree: name the "
                             "strategy in one place", param="thinkroute.strategy")
-    messages = []
-    for i, m in enumerate(req.messages):
-        if m.role in ("tool", "function"):
-            raise ApiError(400, f"messages[{i}] has role {m.role!r}: tool results need tool-call support, which no "
-                                "model served here has (see `tools`)", param=f"messages.{i}.role",
-                           code="unsupported_value")
-        messages.append(ChatMessage("system" if m.role == "developer" else m.role, m.text()))
+    if messages is None:
+        messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in req.messages]
     q = RouteQuery(
         messages=messages, strategy=ext.strategy or target.strategy, model=target.model, options=dict(ext.options),
         max_tokens=req.max_completion_tokens or req.max_tokens or 0,
@@ -223,39 +276,7 @@ def to_route_query(req: ChatCompletionRequest, target: Target, tenant: str, requ
     return q
 
 
-def check_tools(req: ChatCompletionRequest, query: RouteQuery, config: Config) -> None:
-    """Refuse `tools` unless every model the request may reach has a registered tool-call format."""
-    if not req.tools:
-        return
-    if query.model:
-        pools = [query.model]
-    elif query.strategy:
-        cls = get_strategy(query.strategy)
-        pools = ([config.router.default_model] if cls.roles == ("model",)
-                 else [config.router.roles[r] for r in cls.roles if r in config.router.roles])
-    else:
-        pools = list(dict.fromkeys([config.router.default_model, *config.router.roles.values()]))
-    without = [p for p in pools if tool_format(config.models[p].model) is None]
-    if without:
-        raise ApiError(400, f"model {without[0]!r} has no tool-call support here (no tool-call format is registered "
-                            f"for its family; requests to {req.model!r} may reach {pools}); send the request without "
-                            "`tools`", param="tools", code="tools_not_supported")
-    # NOTE: a registered format would render `tools` via the chat template and parse tool calls back here.
-    raise ApiError(400, "tool calls are not wired for this model family yet", param="tools",
-                   code="tools_not_supported")
-
-
 # -- responses ---------------------------------------------------------------------------------
-def usage_from_trace(trace: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI usage summed over every model call of the trace (all models, all steps)."""
-    per = trace.get("usage", [])
-    prompt = sum(u.get("prompt_tokens", 0) for u in per)
-    completion = sum(u.get("generated_tokens", 0) for u in per)
-    cached = sum(u.get("cached_prompt_tokens", 0) for u in per)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
-
-
 def plan_summary(trace: dict[str, Any]) -> str:
     """`direct smollm2-135m`, `specreason large=gemma3-270m small=smollm2-135m`."""
     plan = trace.get("plan", {})
@@ -265,16 +286,21 @@ def plan_summary(trace: dict[str, Any]) -> str:
     return " ".join([plan.get("strategy", ""), *(f"{r}={m}" for r, m in sorted(models.items()))])
 
 
-def _finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+def prices(config: Config) -> dict[str, float]:
+    """USD per million tokens per model pool: the policy's prices ({} when no policy is configured)."""
+    return dict(config.policy.prices) if config.policy is not None else {}
 
 
-def completion_body(result: RouteResult, model: str, created: int, trace: bool) -> dict[str, Any]:
+def completion_body(result: RouteResult, turn: ToolTurn | None, created: int, trace: bool,
+                    price: dict[str, float] | None = None) -> dict[str, Any]:
+    """The `chat.completion` object: the answering model, the message (content and/or tool calls), usage with cost."""
+    message, calls = assistant_message(turn, result.text)
     body = {
-        "id": f"chatcmpl-{result.request_id}", "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "finish_reason": _finish(result.finish_reason), "logprobs": None}],
-        "usage": usage_from_trace(result.trace), "system_fingerprint": None,
+        "id": f"chatcmpl-{result.request_id}", "object": "chat.completion", "created": created,
+        "model": answered_by(result.trace),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(result.finish_reason, calls),
+                     "logprobs": None}],
+        "usage": usage_from_trace(result.trace, price), "system_fingerprint": None,
     }
     if trace:
         body["thinkroute_trace"] = result.trace
@@ -322,14 +348,13 @@ class OpenAIFrontend:
         try:
             tenant = self._tenant(request)
             req = _parse(await request.body())
-            query = to_route_query(req, parse_model_name(req.model, self.config), tenant,
-                                   request.headers.get("x-request-id"))
+            query, turn = chat_query(req, parse_model_name(req.model, self.config), tenant,
+                                     request.headers.get("x-request-id"), self.config)
             query.session = sessions.explicit_key(req.thinkroute.session, request.headers.get(sessions.SESSION_HEADER),
                                                   req.prompt_cache_key)
-            check_tools(req, query, self.config)
             ticket = self._admit(request, query)
             if req.stream:
-                response = await self._stream(req, query, ticket)
+                response = await self._stream(req, query, ticket, turn)
                 streaming = True
                 return response
             result = await self.core.route(query)
@@ -346,11 +371,12 @@ class OpenAIFrontend:
         finally:
             if ticket is not None and not streaming:
                 ticket.release(failure)
-        body = completion_body(result, req.model, int(time.time()), req.thinkroute.trace)
+        body = completion_body(result, turn, int(time.time()), req.thinkroute.trace, prices(self.config))
         return JSONResponse(body, headers={PLAN_HEADER: plan_summary(result.trace),
                                            "x-request-id": result.request_id})
 
-    async def _stream(self, req: ChatCompletionRequest, query: RouteQuery, ticket: Ticket) -> Response:
+    async def _stream(self, req: ChatCompletionRequest, query: RouteQuery, ticket: Ticket,
+                      turn: ToolTurn | None = None) -> Response:
         """SSE chunks; errors before the first delta are answered as plain JSON errors with their status.
         The ticket is released when the stream ends (by the caller on an early error, else by `events`)."""
         queue: asyncio.Queue = asyncio.Queue()
@@ -363,7 +389,11 @@ class OpenAIFrontend:
                 queue.put_nowait(done)
 
         task = asyncio.get_running_loop().create_task(run())
-        first = await queue.get()
+        try:
+            first = await queue.get()
+        except BaseException:
+            task.cancel()  # the client went away before the first delta (the proxy cancelled us): stop the model calls
+            raise
         if first is done:
             try:
                 await task
@@ -373,20 +403,17 @@ class OpenAIFrontend:
                 raise ApiError.from_routing(internal_error(e, log, "chat_completions stream")) from None
         head = {"id": f"chatcmpl-{query.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": req.model}
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        extra = {"usage": None} if include_usage else {}
-
-        def chunk(delta: dict, finish: str | None = None, **more) -> bytes:
-            return _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                              "logprobs": None}], **extra, **more})
+        writer = ChunkWriter(head, turn, bool(req.stream_options and req.stream_options.include_usage))
 
         async def events():
             item = first
             failure: BaseException | None = None
             try:
-                yield chunk({"role": "assistant", "content": ""})
+                for obj in writer.start():
+                    yield _sse(obj)
                 while item is not done:
-                    yield chunk({"content": item})
+                    for obj in writer.delta(item):
+                        yield _sse(obj)
                     item = await queue.get()
                 try:
                     result = await task
@@ -400,9 +427,9 @@ class OpenAIFrontend:
                 more = {"thinkroute_plan": plan_summary(result.trace)}
                 if req.thinkroute.trace:
                     more["thinkroute_trace"] = result.trace
-                yield chunk({}, _finish(result.finish_reason), **more)
-                if include_usage:
-                    yield _sse({**head, "choices": [], "usage": usage_from_trace(result.trace)})
+                usage = usage_from_trace(result.trace, prices(self.config))
+                for obj in writer.finish(result.finish_reason, usage, answered_by(result.trace), more):
+                    yield _sse(obj)
                 yield b"data: [DONE]\n\n"
             finally:
                 if not task.done():

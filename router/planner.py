@@ -16,6 +16,29 @@ from router.strategies.base import Strategy
 from router.types import RouteQuery
 
 
+#: Strategies whose answer is one model call that honours `RouteQuery.constraint` (structured output, forced
+#: tool calls) and whose output is the model's own text (so a tool call in it reaches the caller intact).
+#: Tool-calling and structured-output turns go only to these; the pair strategies mix two models' text.
+CONSTRAINED_STRATEGIES = frozenset({"direct"})
+
+
+def constrained_turn(query: RouteQuery) -> str:
+    """Why this turn needs a plan from CONSTRAINED_STRATEGIES ("" when it does not)."""
+    if query.tools:
+        return "a tool-calling turn (tools declared)"
+    if query.constraint is not None:
+        return "a structured-output turn (response_format)"
+    return ""
+
+
+def check_constrained(strategy: str, query: RouteQuery) -> None:
+    """InvalidRoute when `query` needs a constrained plan and `strategy` is not one."""
+    why = constrained_turn(query)
+    if why and strategy not in CONSTRAINED_STRATEGIES:
+        raise InvalidRoute(f"strategy {strategy!r} cannot run {why}: only {sorted(CONSTRAINED_STRATEGIES)} can; "
+                           "name a model (e.g. model=smollm2-135m) or let the policy choose (model=thinkroute)")
+
+
 @dataclass
 class Plan:
     strategy: Strategy
@@ -44,6 +67,7 @@ class Planner:
                      if self.sessions_on and params.get("pin_plans", True) else None)
 
     def _models_for(self, strategy_cls: type[Strategy], query: RouteQuery) -> dict[str, str]:
+        check_constrained(strategy_cls.name, query)
         if strategy_cls.roles == ("model",):
             model = query.model or self.config.router.default_model
             if model not in self.config.models:

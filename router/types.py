@@ -5,7 +5,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.types import ChatMessage, TokenLogprob
+from workers.types import ChatMessage, Constraint, TokenLogprob
 
 
 @dataclass
@@ -26,6 +26,11 @@ class RouteQuery:
     tenant: str = ""
     max_cost: float = 0.0
     max_latency_ms: float = 0.0
+    #: Structured output the answering model call must satisfy (JSON schema, grammar, ...); None = free text.
+    constraint: Constraint | None = None
+    #: Names of the tools the model may call this turn (declared in the conversation); () = none. Only plans
+    #: whose answer is one model call that honours `constraint` (`direct`) can run such a turn (router/planner.py).
+    tools: tuple[str, ...] = ()
     session: str = ""                              # agent session key (router/sessions.py); "" = derive
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 

@@ -140,6 +140,16 @@ class PlanningPolicy:
             probe_info = {"source": f"probe artifact {self.spec.artifact}", "drafter": self.drafter, **info}
         else:
             predictions = self._prior_predictions(prompt_tokens)
+        # A tool-calling / structured-output turn: only plans that honour the constraint may answer it.
+        from router.planner import CONSTRAINED_STRATEGIES, constrained_turn
+
+        why = constrained_turn(query)
+        excluded = {n: f"{why}: strategy {self.spec.candidates[n].strategy!r} cannot honour it"
+                    for n in predictions if self.spec.candidates[n].strategy not in CONSTRAINED_STRATEGIES}
+        predictions = {n: p for n, p in predictions.items() if n not in excluded}
+        if not predictions:
+            raise InvalidRoute(f"{why}: no policy candidate can run it (candidates {sorted(excluded)} all use "
+                               f"strategies other than {sorted(CONSTRAINED_STRATEGIES)}); name a model instead")
         try:
             limits = dict(max_cost=query.max_cost or None, max_latency_ms=query.max_latency_ms or None)
             if self.policy is not None:
@@ -160,8 +170,12 @@ class PlanningPolicy:
             "predictions": probe_info,
             "plan_ms": (time.perf_counter() - t0) * 1e3,
         }
+        if excluded:
+            candidates["excluded"] = excluded
         winner = decision.ranked[0]
         reason = f"policy: {decision.plan} has the highest utility at dial {dial:.2f} ({winner.reason})"
+        if excluded:
+            reason += f"; {why}: only {sorted(predictions)} can run it"
         return Plan(strategy=cls(options), models=self._models_of(chosen), reason=reason, dial=dial,
                     candidates=candidates)
 

@@ -38,12 +38,13 @@ class FakeCore:
         self.pool = FakePool()
         self.fail: Exception | None = None
         self.fail_after_deltas = False
+        self.deltas = ["Hel", "lo", " world"]
 
     async def route(self, query, emit=None):
         self.queries.append(query)
         if self.fail is not None and not self.fail_after_deltas:
             raise self.fail
-        deltas = ["Hel", "lo", " world"]
+        deltas = self.deltas
         if emit is not None:
             for d in deltas:
                 await emit(d)
@@ -70,6 +71,9 @@ def make_client(overrides=None, digests=None, client=LOCAL, clock=None):
 def chat(client, body=None, headers=None, **extra):
     body = body if body is not None else {"model": "thinkroute", "messages": [{"role": "user", "content": "hi"}], **extra}
     return client.post("/v1/chat/completions", json=body, headers=headers or {})
+
+
+F = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}
 
 
 def assert_openai_error(resp, status, needle):
@@ -143,11 +147,16 @@ def test_non_streaming_response_has_openai_shape_usage_and_plan_header():
     client, _ = make_client()
     resp = chat(client, model="strategy/direct", thinkroute={"trace": True})
     body = resp.json()
-    assert body["object"] == "chat.completion" and body["model"] == "strategy/direct"
+    assert body["object"] == "chat.completion" and body["model"] == "smollm2-135m"  # the model that answered
     assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Hello world"},
                                 "finish_reason": "length", "logprobs": None}]
-    assert body["usage"] == {"prompt_tokens": 17, "completion_tokens": 5, "total_tokens": 22,
-                             "prompt_tokens_details": {"cached_tokens": 4}}
+    usage = body["usage"]
+    assert {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details")} == \
+        {"prompt_tokens": 17, "completion_tokens": 5, "total_tokens": 22, "prompt_tokens_details": {"cached_tokens": 4}}
+    # cost: the embedded policy's prices (USD per million tokens): smollm2 0.05, gemma3 0.10
+    assert usage["cost"] == pytest.approx((13 * 0.05 + 9 * 0.10) / 1e6)
+    assert usage["models"]["gemma3-270m"] == {"prompt_tokens": 7, "completion_tokens": 2, "cached_tokens": 0,
+                                              "calls": 1, "cost": pytest.approx(9 * 0.10 / 1e6)}
     assert resp.headers["x-thinkroute-plan"] == "direct smollm2-135m"
     assert body["thinkroute_trace"]["plan"]["strategy"] == "direct"
     assert "thinkroute_trace" not in chat(client).json()
@@ -175,10 +184,13 @@ def test_streaming_sends_deltas_then_finish_then_usage():
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
     assert text == "Hello world"
     assert events[-2]["choices"][0]["finish_reason"] == "length"
-    assert events[-2]["thinkroute_plan"] == "direct smollm2-135m"
+    assert events[-2]["thinkroute_plan"] == "direct smollm2-135m" and events[-2]["model"] == "smollm2-135m"
     assert events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] == 22
+    assert events[-1]["usage"]["cost"] > 0 and all(e["usage"] is None for e in events[:-1])
     assert all(e["object"] == "chat.completion.chunk" for e in events)
-    assert all("usage" not in e for e in _events(chat(client, stream=True)))
+    # without include_usage, usage (with cost) still rides on the last chunk, and only there
+    plain = _events(chat(client, stream=True))
+    assert plain[-1]["usage"]["total_tokens"] == 22 and all("usage" not in e for e in plain[:-1])
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -193,15 +205,20 @@ def test_streaming_sends_deltas_then_finish_then_usage():
     ({"model": "thinkroute", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n = 2"),
     ({"model": "thinkroute", "messages": [{"role": "user", "content": "hi"}], "thinkroute": {"dial": 3}}, 400, "dial"),
     ({"model": "thinkroute", "messages": [{"role": "user", "content": "hi"}], "thinkroute": {"bogus": 1}}, 400, "bogus"),
+    ({"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "tools": [F],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400, "'g', which is not declared"),
+    ({"model": "strategy/specreason", "messages": [{"role": "user", "content": "hi"}], "tools": [F]}, 400,
+     "strategy 'specreason' cannot"),
+    ({"model": "thinkroute", "messages": [{"role": "tool", "content": "42"}]}, 400, "tool_call_id None"),
+    ({"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "tools": [F],
+      "parallel_tool_calls": True}, 400, "one tool call per turn"),
     ({"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}],
-      "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, 400, "'smollm2-135m' has no tool-call"),
-    ({"model": "strategy/direct", "messages": [{"role": "user", "content": "hi"}],
-      "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "no tool-call support"),
-    ({"model": "thinkroute", "messages": [{"role": "tool", "content": "42"}]}, 400, "tool"),
+      "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, 400,
+     "not a valid JSON schema"),
     ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404, "available models"),
 ], ids=["malformed-json", "not-an-object", "empty-messages", "no-model", "wrong-type", "zero-max-tokens",
-        "bad-role", "n-2", "dial-range", "unknown-extension-field", "tools", "tools-via-strategy", "tool-role",
-        "unknown-model"])
+        "bad-role", "n-2", "dial-range", "unknown-extension-field", "unknown-tool-choice", "tools-via-pair-strategy",
+        "tool-result-without-call", "parallel-on-one-call-model", "schema-not-a-schema", "unknown-model"])
 def test_bad_input_gets_an_openai_error_and_the_server_keeps_serving(body, status, needle):
     client, _ = make_client()
     if isinstance(body, bytes):
@@ -331,3 +348,43 @@ def test_authenticator_refuses_a_wrong_key_even_when_anonymous_access_is_on():
     assert auth.authenticate("Bearer k", "10.0.0.1") == "t"
     with pytest.raises(AuthError):
         auth.authenticate("Bearer wrong", "127.0.0.1")
+
+
+# -- tool calls and structured outputs through the adapter --------------------------------------------------
+def test_required_tools_send_the_call_schema_and_return_tool_calls():
+    client, core = make_client()
+    core.deltas = ['{"name": "f", ', '"arguments": {"x": 3}}']
+    body = chat(client, model="smollm2-135m", tools=[F], tool_choice="required").json()
+    q = core.queries[-1]
+    assert q.tools == ("f",) and json.loads(q.constraint.json_schema)["properties"]["name"] == {"const": "f"}
+    assert "<tools>" in q.messages[0].content and q.messages[0].role == "system"
+    msg = body["choices"][0]["message"]
+    assert body["choices"][0]["finish_reason"] == "tool_calls" and msg["content"] is None
+    assert msg["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"x": 3}'}
+    events = _events(chat(client, model="smollm2-135m", tools=[F], tool_choice="required", stream=True))
+    calls = [e["choices"][0]["delta"]["tool_calls"][0] for e in events if e["choices"][0]["delta"].get("tool_calls")]
+    assert calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "f"
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_response_format_becomes_the_answer_constraint():
+    client, core = make_client()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    chat(client, model="smollm2-135m", response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
+    assert json.loads(core.queries[-1].constraint.json_schema) == schema and core.queries[-1].tools == ()
+    chat(client, model="smollm2-135m", response_format={"type": "json_object"})
+    assert json.loads(core.queries[-1].constraint.json_schema) == {"type": "object"}
+    chat(client, model="smollm2-135m")
+    assert core.queries[-1].constraint is None
+
+
+def test_tool_history_reaches_the_model_in_the_generic_format():
+    client, core = make_client()
+    messages = [{"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    assert chat(client, {"model": "smollm2-135m", "messages": messages, "tools": [F]}).status_code == 200
+    roles = [m.role for m in core.queries[-1].messages]
+    assert roles == ["system", "user", "assistant", "tool"]
+    assert core.queries[-1].messages[2].content.startswith("<tool_call>")
