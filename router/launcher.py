@@ -50,6 +50,8 @@ class WorkerProcess:
     config_json: str
     log_path: Path
     proc: subprocess.Popen | None = None
+    tls_args: tuple[str, ...] = ()
+    """--tls-cert-file/--tls-key-file (paths, from config tls.worker_*), or nothing."""
     restarts: int = 0
     started_at: float = 0.0
 
@@ -65,7 +67,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router.cli", "worker", "--model", self.model, "--port", str(self.port),
              "--config-json", self.config_json, "--ready-file", str(ready),
-             "--replica-id", f"{self.model}-{self.index}"],
+             "--replica-id", f"{self.model}-{self.index}", *self.tls_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             preexec_fn=_die_with_parent,
         )
@@ -145,7 +147,7 @@ class LocalCluster:
                 elif engine.get("kv_connector") == "redis":
                     engine["kv_connector"] = None
                 w = WorkerProcess(name, i, free_port(), json.dumps(engine),
-                                  self.run_dir / "logs" / f"worker-{name}-{i}.log")
+                                  self.run_dir / "logs" / f"worker-{name}-{i}.log", tls_args=self.worker_tls_args())
                 w.start()
                 self.workers.append(w)
                 say(f"starting worker {name}#{i} ({pool.backend}) on {w.address}; log: {w.log_path}")
@@ -181,6 +183,11 @@ class LocalCluster:
                     w.start()
             time.sleep(1.0)
 
+    def worker_tls_args(self) -> tuple[str, ...]:
+        tls = self.config.tls
+        return ("--tls-cert-file", tls.worker_cert_file, "--tls-key-file", tls.worker_key_file) \
+            if tls.worker_cert_file else ()
+
     def start_router(self) -> None:
         import ray
         from ray import serve
@@ -194,8 +201,10 @@ class LocalCluster:
             ray.init(address=sc.ray_address, logging_level="WARNING")
         else:
             ray.init(num_cpus=sc.num_cpus, include_dashboard=False, logging_level="WARNING")
-        serve.start(
-            http_options=HTTPOptions(host=sc.host, port=sc.http_port),
+        tls = self.config.tls
+        serve.start(  # Ray Serve's HTTP proxy serves HTTPS with these; its gRPC proxy has no TLS option
+            http_options=HTTPOptions(host=sc.host, port=sc.http_port, ssl_certfile=tls.http_cert_file,
+                                     ssl_keyfile=tls.http_key_file),
             grpc_options=gRPCOptions(port=sc.grpc_port, grpc_servicer_functions=[ROUTER_SERVICER]),
         )
         serve.run(build_app(self.config, self.addresses()), name=sc.app_name, route_prefix="/")

@@ -13,8 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Read (get) or change (set) the default dial of a running router, globally or for one tenant, through "
             "the admin RPC thinkroute.v1.Router/SetDial. Setting needs the admin token: --token or "
-            "$THINKROUTE_ADMIN_TOKEN (the router reads its token from the variable named by serve.admin_token_env). "
-            "The change applies to the next request; no restart."
+            "$THINKROUTE_ADMIN_TOKEN (the router reads its token from the variable named by serve.admin_token_env); "
+            "the router accepts it only over TLS or from its own host. When API keys are configured, reading needs "
+            "a key (--key or $THINKROUTE_API_KEY). The change reaches every router replica of the application; no "
+            "restart."
         ),
     )
     p.add_argument("action", choices=["get", "set"], help="get or set")
@@ -23,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router", default="127.0.0.1:9000", help="router gRPC address (default 127.0.0.1:9000)")
     p.add_argument("--app", default="thinkroute", help="Ray Serve application name")
     p.add_argument("--token", default=None, help="admin token (default $THINKROUTE_ADMIN_TOKEN)")
+    p.add_argument("--key", default=None, help="API key, when the router has keys (default $THINKROUTE_API_KEY)")
     p.set_defaults(func=run_dial)
 
     c = sub.add_parser("config-reference", help="print the configuration reference (Markdown)",
@@ -58,6 +61,9 @@ def run_dial(args: argparse.Namespace) -> int:
     from thinkroute.v1 import router_pb2_grpc as rpb_grpc
 
     md = [("application", args.app)]
+    key = args.key or os.environ.get("THINKROUTE_API_KEY", "")
+    if key:
+        md.append(("authorization", f"Bearer {key}"))
     with grpc.insecure_channel(args.router) as ch:
         stub = rpb_grpc.RouterStub(ch)
         try:

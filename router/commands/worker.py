@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    p.add_argument("--tls-cert-file", default=None, help="PEM certificate chain: serve TLS only (with --tls-key-file)")
+    p.add_argument("--tls-key-file", default=None, help="PEM private key of --tls-cert-file (keep it mode 0600)")
     from workers.server import serve_worker
 
     if args.config_json:
@@ -51,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from workers.errors import WorkerError
 
     try:
-        return asyncio.run(serve_worker(cfg, args.host, args.port, args.grace, args.replica_id, args.ready_file))
+        if bool(args.tls_cert_file) != bool(args.tls_key_file):
+            print("thinkroute worker: error: --tls-cert-file and --tls-key-file go together", file=sys.stderr)
+            return 2
+        return asyncio.run(serve_worker(cfg, args.host, args.port, args.grace, args.replica_id, args.ready_file,
+                                        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file))
     except WorkerError as e:
         print(f"thinkroute worker: error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 ACME_KEY = "test-acme-key-not-a-secret"
 TIGHT_KEY = "test-tight-key-not-a-secret"
-MD = [("application", "thinkroute")]
+MD = [("application", "thinkroute"), ("authorization", f"Bearer {ACME_KEY}")]  # the gRPC ingress takes the same keys
 QUESTION = "What is 2 plus 3?"
 
 

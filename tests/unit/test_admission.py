@@ -199,3 +199,83 @@ def test_legacy_http_tenants_are_read_as_auth():
     assert set(c.auth.tenants) == {"a"} and c.auth.anonymous_access == "off"
     with pytest.raises(SystemExit, match="keep auth.tenants only"):
         load_config(overrides={"http.tenants": {}, "auth.tenants": {}})
+
+
+class FakeGrpcContext:
+    """What Ray Serve's gRPC proxy hands a replica method (RayServegRPCContext): metadata in, status out."""
+
+    def __init__(self, metadata=(), peer="ipv4:127.0.0.1:40000") -> None:
+        self.metadata, self._peer = list(metadata), peer
+        self.code = self.details = None
+        self.trailers = []
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    def peer(self):
+        return self._peer
+
+    def auth_context(self):
+        return {}
+
+    def set_code(self, code):
+        self.code = code
+
+    def set_details(self, details):
+        self.details = details
+
+    def set_trailing_metadata(self, md):
+        self.trailers = list(md)
+
+
+async def _ingress():
+    from router.serve_app import RouterIngress
+
+    ing = object.__new__(RouterIngress)
+    await RouterIngress.__init__(ing, load_config().model_dump(mode="json"),
+                                 {"smollm2-135m": ["127.0.0.1:1"], "gemma3-270m": ["127.0.0.1:2"]}, None)
+    return ing
+
+
+async def test_grpc_internal_error_answers_with_the_id_only(caplog):
+    import grpc
+
+    from thinkroute.v1 import router_pb2 as rpb
+
+    ing = await _ingress()
+
+    async def broken(query, emit=None):
+        raise RuntimeError("secret-internal-detail /etc/passwd")
+
+    ing.core.route = broken
+    ctx = FakeGrpcContext()
+    with caplog.at_level(logging.ERROR), pytest.raises(InternalError):
+        await ing.Generate(rpb.RouteRequest(query="hi"), ctx)
+    assert ctx.code == grpc.StatusCode.INTERNAL and "secret" not in ctx.details
+    error_id = ctx.details.split()[2].rstrip(":")
+    assert error_id in caplog.text and "secret-internal-detail" in caplog.text
+    ctx = FakeGrpcContext()
+    with pytest.raises(InternalError):
+        async for _ in ing.GenerateStream(rpb.RouteRequest(query="hi"), ctx):
+            pass
+    assert ctx.code == grpc.StatusCode.INTERNAL and "secret" not in ctx.details
+
+
+async def test_http_internal_error_answers_with_the_id_only(caplog):
+    from starlette.testclient import TestClient
+
+    from router.http_api import build_http_app
+
+    ing = await _ingress()
+
+    async def broken(query, emit=None):
+        raise RuntimeError("secret-internal-detail")
+
+    ing.core.route = broken
+    client = TestClient(build_http_app(ing.http), client=("127.0.0.1", 5000))
+    with caplog.at_level(logging.ERROR):
+        resp = client.post("/v1/chat/completions", json={"model": "smollm2-135m",
+                                                         "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status_code == 500 and "secret" not in resp.text
+    assert resp.json()["error"]["code"] == "internal_error" and "internal error " in resp.json()["error"]["message"]
+    assert "secret-internal-detail" in caplog.text
