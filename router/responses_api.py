@@ -495,8 +495,11 @@ class ResponsesEndpoint:
         self.frontend = frontend
 
     async def create(self, request: Request) -> Response:
-        raw = await request.body()
         try:
+            # who is asking and whether the body is within bounds, before reading it (the chat handler
+            # checks the same again, then admits the request: rate limits and quotas apply once)
+            self.frontend._tenant(request)
+            raw = await request.body()
             try:
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:

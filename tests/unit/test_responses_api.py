@@ -211,3 +211,16 @@ def test_chat_error_params_are_named_in_responses_terms(chat, responses):
     from router.responses_api import responses_param
 
     assert responses_param(chat) == responses
+
+
+def test_a_caller_without_a_valid_key_gets_401_before_the_body_is_read():
+    from router.config import load_config
+    from router.tenants import key_digests
+    from tests.unit.test_http_api import TENANTS
+
+    client, core = make_client(TENANTS, key_digests(load_config(overrides=TENANTS).auth, {"ACME_KEY": "acme-key"}))
+    bad = client.post("/v1/responses", content=b"{not json", headers={"authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+    ok = client.post("/v1/responses", json={"model": "thinkroute", "input": "hi"},
+                     headers={"authorization": "Bearer acme-key"})
+    assert ok.status_code == 200 and core.queries[-1].tenant == "acme"
