@@ -388,3 +388,45 @@ def test_tool_history_reaches_the_model_in_the_generic_format():
     roles = [m.role for m in core.queries[-1].messages]
     assert roles == ["system", "user", "assistant", "tool"]
     assert core.queries[-1].messages[2].content.startswith("<tool_call>")
+
+
+def test_a_client_leaving_before_the_first_delta_cancels_the_routed_request():
+    """The adapter's producer task must not outlive the request: cancelling the handler while it waits for
+    the first delta (what the proxy does when the client hangs up) cancels the route call."""
+    import asyncio
+
+    from router.admission import Ticket
+    from router.http_api import ChatCompletionRequest, chat_query
+
+    class SlowCore(FakeCore):
+        def __init__(self):
+            super().__init__()
+            self.started, self.cancelled = asyncio.Event(), False
+
+        async def route(self, query, emit=None):
+            self.started.set()
+            try:
+                await asyncio.sleep(3600)  # a plan whose first delta is far away
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+    async def main():
+        config = load_config()
+        core = SlowCore()
+        frontend = OpenAIFrontend(core, config, {})
+        req = ChatCompletionRequest.model_validate(
+            {"model": "smollm2-135m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        query, turn = chat_query(req, Target(model="smollm2-135m"), "default", None, config)
+        handler = asyncio.ensure_future(frontend._stream(req, query, Ticket(frontend.admission, "default", 0), turn))
+        await asyncio.wait_for(core.started.wait(), 5)
+        handler.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handler
+        for _ in range(100):
+            if core.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        return core.cancelled
+
+    assert asyncio.run(main())
