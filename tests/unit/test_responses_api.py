@@ -224,3 +224,75 @@ def test_a_caller_without_a_valid_key_gets_401_before_the_body_is_read():
     ok = client.post("/v1/responses", json={"model": "thinkroute", "input": "hi"},
                      headers={"authorization": "Bearer acme-key"})
     assert ok.status_code == 200 and core.queries[-1].tenant == "acme"
+
+
+# -- a tool loop over the endpoint (fake core: a forced turn answers with a call, others with text) ---------
+class ToolCore:
+    """A RouterCore double: a turn with an output constraint (a forced tool call) gets the call as JSON."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.pool, self.queries = inner, inner.pool, inner.queries
+
+    async def route(self, query, emit=None):
+        constrained = getattr(query, "constraint", None) is not None
+        text = json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}}) if constrained else "Sunny."
+        result = await self.inner.route(query)  # records the query, builds the trace
+        if emit is not None:
+            await emit(text)
+        result.text, result.finish_reason = text, "stop"
+        return result
+
+
+@pytest.fixture
+def tool_app():
+    client, core = make_client()
+    _frontend(client).core = ToolCore(core)  # the same app, with the tool-calling double behind it
+    return client, core
+
+
+def _frontend(client):
+    route = next(r for r in client.app.routes if getattr(r, "path", "") == "/v1/responses")
+    return route.endpoint.__self__.frontend
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_required_tool_choice_comes_back_as_a_function_call_item(tool_app, stream):
+    client, core = tool_app
+    oa = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
+    kw = dict(model="smollm2-135m", input="Weather in Paris?", tools=[TOOL], tool_choice="required",
+              parallel_tool_calls=False)
+    if stream:
+        events = list(oa.responses.create(**kw, stream=True))
+        added = [e for e in events if e.type == "response.output_item.added"]
+        assert added[0].item.type == "function_call" and added[0].item.name == "get_weather"
+        resp = events[-1].response
+    else:
+        resp = oa.responses.create(**kw)
+    (call,) = resp.output
+    assert call.type == "function_call" and call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    assert call.call_id and resp.status == "completed"
+
+
+async def test_the_agents_sdk_runs_its_tool_loop_over_the_endpoint(tool_app):
+    agents = pytest.importorskip("agents")
+    import httpx
+
+    client, core = tool_app
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=client.app, client=("127.0.0.1", 5000)))
+    oa = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+    agents.set_tracing_disabled(True)
+    seen = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """Current weather of a city."""
+        seen.append(city)
+        return "18 C"
+
+    agent = agents.Agent(name="w", instructions="Use the tool.", tools=[get_weather],
+                         model=agents.OpenAIResponsesModel(model="smollm2-135m", openai_client=oa),
+                         model_settings=agents.ModelSettings(tool_choice="required"))
+    result = await agents.Runner.run(agent, "Weather in Paris?", max_turns=3)
+    assert seen == ["Paris"] and result.final_output == "Sunny."
+    second = core.queries[-1].messages  # the tool call and its result went back as history
+    assert [m.role for m in second][:2] == ["system", "user"] and len(second) >= 4
