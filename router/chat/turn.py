@@ -82,9 +82,11 @@ def tool_turn(tools: list[Any] | None, tool_choice: Any, parallel_tool_calls: bo
         raise BadField("parallel_tool_calls", f"parallel_tool_calls is true, but the model answering this request "
                                               f"makes one tool call per turn ({family.note}); send "
                                               "parallel_tool_calls: false or omit it", code="unsupported_value")
+    # Omitted: OpenAI's default (calls may be parallel) where the family can; a forced turn then still asks for
+    # one call, and for an array of calls only when the request says parallel_tool_calls: true.
     parallel = family.parallel if parallel_tool_calls is None else bool(parallel_tool_calls)
     return ToolTurn(tools=declared, choice=choice, function=function, parallel=parallel, format=family.format,
-                    answer_schema=answer_schema(response_format))
+                    answer_schema=answer_schema(response_format), several=bool(parallel_tool_calls) and family.parallel)
 
 
 def render_messages(messages: Iterable[dict[str, Any]], turn: ToolTurn) -> list[ChatMessage]:
@@ -141,9 +143,9 @@ def render_messages(messages: Iterable[dict[str, Any]], turn: ToolTurn) -> list[
 def output_constraint(turn: ToolTurn) -> Constraint | None:
     """What the worker must enforce: a forced call's schema, call-or-answer grammar, the answer's schema, or None."""
     if turn.forced:
-        return json_constraint(turn.format.call_schema(turn.forced_tools(), turn.parallel))
+        return json_constraint(turn.format.call_schema(turn.forced_tools(), turn.several))
     if turn.active and turn.answer_schema is not None:
-        return Constraint(grammar=turn.format.call_or_answer_grammar(turn.tools, turn.answer_schema, turn.parallel))
+        return Constraint(grammar=turn.format.call_or_answer_grammar(turn.tools, turn.answer_schema, turn.several))
     if turn.answer_schema is not None:
         return json_constraint(turn.answer_schema)
     return None

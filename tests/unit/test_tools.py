@@ -21,18 +21,34 @@ ADD = {"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}}}
 SMOL = family_for("smollm2-135m")
 ANY = family_for("some-other-model")  # no registered family: generic, parallel calls allowed
+LLAMA = family_for("llama3.2-1b-instruct")  # Llama 3.x JSON format: one call per turn
 
 
 def turn(tools=(WEATHER, ADD), choice=None, parallel=None, response_format=None, family=SMOL):
     return T.tool_turn(list(tools) if tools is not None else None, choice, parallel, response_format, family)
 
 
-def test_embedded_models_use_the_generic_format_one_call_per_turn():
+def test_embedded_models_use_the_generic_format():
     for model in ("smollm2-135m", "gemma3-270m"):
         fam = family_for(model)
-        assert fam.format is GENERIC and not fam.parallel and fam.note
+        assert fam.format is GENERIC and fam.parallel and fam.note
     assert family_for("qwen2.5-7b").format is GENERIC and family_for("qwen2.5-7b").parallel
+    assert LLAMA.format.name == "llama3_json" and not LLAMA.parallel
     assert all(isinstance(f, Family) for f in FAMILIES)
+
+
+def test_llama3_json_format_round_trip():
+    t = turn(choice="auto", family=LLAMA)
+    msgs = T.render_messages([{"role": "user", "content": "2+3?"},
+                              {"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "add",
+                                                                                              "arguments": "{\"a\": 2, \"b\": 3}"}}]},
+                              {"role": "tool", "tool_call_id": "c1", "content": "5"}], t)
+    assert "Respond in the format" in msgs[0].content
+    assert json.loads(msgs[2].content) == {"name": "add", "parameters": {"a": 2, "b": 3}}
+    assert msgs[3].role == "tool" and msgs[3].content == "5"
+    assert [c.name for c in t.result('{"name": "add", "parameters": {"a": 1, "b": 2}}')[1]] == ["add"]
+    schema = json.loads(T.output_constraint(turn(choice="required", family=LLAMA)).json_schema)
+    assert {o["properties"]["name"]["const"] for o in schema["anyOf"]} == {"add", "get_weather"}
 
 
 def test_required_is_a_json_schema_over_the_declared_tools():
@@ -46,10 +62,11 @@ def test_required_is_a_json_schema_over_the_declared_tools():
     t = turn(choice={"type": "function", "function": {"name": "add"}})
     schema = json.loads(T.output_constraint(t).json_schema)
     assert schema["properties"]["name"] == {"const": "add"}
-    # parallel (a family that can): an array of calls
+    # parallel asked for (a family that can): an array of calls; omitted: one call
     t = turn(choice="required", parallel=True, family=ANY)
     schema = json.loads(T.output_constraint(t).json_schema)
     assert schema["type"] == "array" and schema["minItems"] == 1
+    assert "anyOf" in json.loads(T.output_constraint(turn(choice="required", family=ANY)).json_schema)
 
 
 def test_forced_output_parses_into_calls_with_ids_and_json_arguments():
@@ -82,7 +99,8 @@ def test_parallel_false_keeps_the_first_call_and_true_keeps_all():
            '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
     assert len(turn(choice="auto", parallel=False, family=ANY).result(two)[1]) == 1
     assert len(turn(choice="auto", parallel=True, family=ANY).result(two)[1]) == 2
-    assert len(turn(choice="auto", family=SMOL).result(two)[1]) == 1  # omitted: the family's default
+    assert len(turn(choice="auto", family=SMOL).result(two)[1]) == 2  # omitted: the family's default
+    assert len(turn(choice="auto", family=LLAMA).result(two)[1]) == 0  # not this family's format: text
 
 
 def test_tool_choice_none_neither_declares_nor_parses():
@@ -133,7 +151,7 @@ BAD = [
     ("bad-tool-name", dict(tools=[{"type": "function", "function": {"name": "a b"}}]), "tools[0].function.name"),
     ("duplicate-tool", dict(tools=[WEATHER, WEATHER]), "tools[1].function.name"),
     ("hosted-tool", dict(tools=[{"type": "web_search"}]), "tools[0]"),
-    ("parallel-on-a-one-call-model", dict(choice="auto", parallel=True), "parallel_tool_calls"),
+    ("parallel-on-a-one-call-model", dict(choice="auto", parallel=True, family=LLAMA), "parallel_tool_calls"),
     ("response-format-schema-not-a-schema",
      dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}),
      "response_format.json_schema.schema"),
