@@ -88,6 +88,7 @@ def test_sync_client_answer_equals_grpc_with_usage_plan_and_trace(stack, client)
     trace = resp.model_extra["thinkroute_trace"]
     assert trace["plan"]["strategy"] == "direct" and trace["plan"]["dial"] == pytest.approx(0.2)  # tenant acme's dial
     assert resp.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}) == trace_usage(trace)
+    assert resp.model == "smollm2-135m"
 
 
 def test_usage_sums_every_model_call_of_a_pair_strategy(client):
@@ -99,6 +100,13 @@ def test_usage_sums_every_model_call_of_a_pair_strategy(client):
     assert len({c["model"] for c in trace["calls"]}) == 2
     assert raw.headers["x-thinkroute-plan"] == "cothink large=gemma3-270m small=smollm2-135m"
     assert resp.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}) == trace_usage(trace)
+    # who answered, and what it cost: the embedded policy's prices per model (USD per million tokens)
+    assert resp.model == "strategy/cothink"
+    per = resp.usage.model_extra["models"]
+    assert set(per) == {"smollm2-135m", "gemma3-270m"}
+    prices = {"smollm2-135m": 0.05, "gemma3-270m": 0.10}
+    expected = sum((m["prompt_tokens"] + m["completion_tokens"]) * prices[n] / 1e6 for n, m in per.items())
+    assert resp.usage.model_extra["cost"] == pytest.approx(expected) and expected > 0
 
 
 def test_dial_in_the_model_name_and_in_the_extension(client):
@@ -118,6 +126,10 @@ def test_streamed_deltas_concatenate_to_the_answer_and_end_with_usage(client):
     assert "".join(deltas) == whole.choices[0].message.content
     assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    # usage (with cost) on the last chunk even when not asked for
+    plain = list(client.chat.completions.create(**kw, stream=True))
+    assert plain[-1].usage.total_tokens == whole.usage.total_tokens and plain[-1].usage.model_extra["cost"] > 0
+    assert plain[-1].model == "gemma3-270m"
 
 
 def test_async_client_streaming_and_not_concurrently(stack):
@@ -172,8 +184,8 @@ GOOD = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}]
     ({**GOOD, "messages": []}, 400, "messages"),
     ({**GOOD, "max_tokens": "many"}, 400, "max_tokens"),
     ({**GOOD, "n": 2}, 400, "n = 2"),
-    ({**GOOD, "tools": [{"type": "function", "function": {"name": "add", "parameters": {}}}]}, 400,
-     "'smollm2-135m' has no tool-call support"),
+    ({**GOOD, "tools": [{"type": "function", "function": {"name": "add", "parameters": {}}}],
+      "tool_choice": {"type": "function", "function": {"name": "sub"}}}, 400, "'sub', which is not declared"),
     ({**GOOD, "model": "gpt-4o"}, 404, "unknown model 'gpt-4o'"),
     ({**GOOD, "thinkroute": {"strategy": "nope"}}, 404, "available strategies"),
     ({**GOOD, "max_tokens": 100_000}, 400, "context"),
