@@ -64,7 +64,10 @@ def peer_host(peer: str | None) -> str | None:
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
     if kind == "ipv6":
-        return rest.rsplit(":", 1)[0].strip("[]").replace("%25", "%")
+        host = rest.rsplit(":", 1)[0].strip("[]").replace("%25", "%")
+        if host.lower().startswith("::ffff:") and "." in host:
+            return host[7:]  # an IPv4 client of a dual-stack [::] listener (Ray Serve's gRPC proxy)
+        return host
     if kind == "unix":
         return "localhost"
     return None

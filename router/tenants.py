@@ -61,9 +61,11 @@ def is_loopback(host: str | None) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addr = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as a dual-stack [::] listener sees IPv4
+    return (mapped or addr).is_loopback
 
 
 class Authenticator:

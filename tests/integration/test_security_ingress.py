@@ -129,15 +129,16 @@ def http_chat(stack, key, **body):
 def test_a_dial_change_reaches_every_replica_including_an_http_only_one(stack):
     admin = APP + [("x-thinkroute-admin-token", ADMIN_TOKEN)]
     assert stack["grpc"].SetDial(rpb.SetDialRequest(dial=0.35), metadata=admin, timeout=60).dial == pytest.approx(0.35)
-    seen: dict[str, float] = {}
-    deadline = time.monotonic() + 120
-    while len(seen) < 2 and time.monotonic() < deadline:
+    changed_at = time.monotonic()
+    seen: dict[str, tuple[float, float]] = {}                   # replica -> (dial it planned with, when)
+    deadline = changed_at + 60
+    while time.monotonic() < deadline and not (len(seen) == 2 and all(d == 0.35 for d, _ in seen.values())):
         resp = http_chat(stack, WIDE_KEY)                        # over HTTPS, verified with the test CA
         assert resp.status_code == 200, resp.text
         trace = resp.json()["thinkroute_trace"]
-        seen[trace["details"]["router_replica"]] = trace["plan"]["dial"]
+        seen[trace["details"]["router_replica"]] = (trace["plan"]["dial"], time.monotonic() - changed_at)
     assert len(seen) == 2, f"requests reached only {list(seen)}"
-    assert all(d == pytest.approx(0.35) for d in seen.values()), seen
+    assert all(d == pytest.approx(0.35) for d, _ in seen.values()), seen
 
 
 def test_https_ingress_refuses_a_client_that_does_not_trust_the_ca(stack):

@@ -169,6 +169,9 @@ def test_request_caps_name_the_field(query, field):
 def test_peer_host_parses_grpc_peers():
     assert peer_host("ipv4:127.0.0.1:5000") == "127.0.0.1"
     assert peer_host("ipv6:[::1]:5000") == "::1"
+    assert peer_host("ipv6:[::ffff:127.0.0.1]:5000") == "127.0.0.1"
+    from router.tenants import is_loopback
+    assert is_loopback("::ffff:127.0.0.1") and is_loopback("::1") and not is_loopback("::ffff:10.0.0.1")
     assert peer_host("unix:/tmp/s") == "localhost"
     assert peer_host("") is None and peer_host("weird") is None
 
