@@ -2,8 +2,6 @@
 the gRPC proxy), the session's real vLLM workers, and a real hf worker serving TLS with a CA made here."""
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import time
 
@@ -15,6 +13,7 @@ from thinkroute.v1 import router_pb2 as rpb
 from thinkroute.v1 import router_pb2_grpc as rpb_grpc
 
 from tests.conftest import free_port, start_worker
+from tests.tls_certs import make_ca_and_cert
 
 pytestmark = pytest.mark.integration
 
@@ -25,38 +24,6 @@ APP = [("application", "thinkroute")]
 
 def bearer(key: str) -> list[tuple[str, str]]:
     return APP + [("authorization", f"Bearer {key}")]
-
-
-def make_ca_and_cert(directory) -> dict[str, str]:
-    """A self-signed CA and a server certificate for localhost / 127.0.0.1 signed by it (PEM files)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "thinkroute test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    os.chmod(paths["key"], 0o600)
-    return {k: str(v) for k, v in paths.items()}
 
 
 @pytest.fixture(scope="module")
