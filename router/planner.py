@@ -96,11 +96,12 @@ class Planner:
         return key
 
     def _pinned(self, query: RouteQuery, key: str, dial: float) -> Plan | None:
-        """The session's pinned plan for a follow-up turn, when it was made at this dial with the same tool use."""
+        """The session's pinned plan for a follow-up turn, when it was made at this dial for a turn of the same
+        kind (constrained - tools or response_format - or not: constrained turns need constrained plans)."""
         if self.pins is None or not key or not sessions.follow_up(query.conversation()):
             return None
         pin = self.pins.get(query.tenant, key)
-        if pin is None or pin.dial != dial or pin.with_tools != bool(getattr(query, "tools", None)):
+        if pin is None or pin.dial != dial or pin.constrained != bool(constrained_turn(query)):
             return None
         cls = get_strategy(pin.strategy)
         return Plan(strategy=cls(cls.Options(**pin.options)), models=dict(pin.models), dial=dial, session=key,
@@ -121,7 +122,7 @@ class Planner:
             if self.pins is not None and key:
                 self.pins.put(query.tenant, key, sessions.Pin(
                     strategy=plan.strategy.name, models=dict(plan.models), options=plan.strategy.options.model_dump(),
-                    dial=dial, reason=plan.reason, with_tools=bool(getattr(query, "tools", None))))
+                    dial=dial, reason=plan.reason, constrained=bool(constrained_turn(query))))
             return plan
         else:
             name = self.config.router.default_strategy

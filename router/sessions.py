@@ -12,7 +12,8 @@ each switch recomputes the whole prefix. Two pieces keep a session together:
   scoped to the tenant (a key never reaches another tenant's pins).
 - the **plan pin** (`SessionPins`, consulted by `Planner.plan`): the plan the policy chose for a
   session's first turn is reused by its later turns (those with assistant or tool messages), as
-  long as the dial and the use of tools are the same; a bounded LRU with a time-to-live, one per
+  long as the dial is the same and the turn is of the same kind (with tools or a response_format,
+  or neither); a bounded LRU with a time-to-live, one per
   router replica. A first turn is always planned afresh.
 - the **replica pick** (`router/scorers/session.py`): the `session` replica scorer prefers, by
   rendezvous hashing over the replica addresses, the same replica of a model for a session; it
@@ -111,7 +112,7 @@ class Pin:
     options: dict[str, Any]
     dial: float
     reason: str
-    with_tools: bool = False
+    constrained: bool = False  # made for a turn with tools or a response_format (router.planner.constrained_turn)
     turns: int = 1
     last_used: float = field(default=0.0)
 

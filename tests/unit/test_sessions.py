@@ -159,3 +159,16 @@ async def test_pins_follow_the_dial_the_explicit_key_and_the_config():
     assert off_policy.calls == 3 and plans[0].session == "" and sessions.current() == ""
     fixed = await planner.plan(RouteQuery(messages=[TASK], model="gemma3-270m"))
     assert fixed.reason.startswith("fixed by the request") and fixed.session  # affinity still binds a key
+
+
+async def test_a_tool_turn_does_not_reuse_a_plan_pinned_by_a_plain_turn():
+    planner, policy = _planner([{"name": "load"}, {"name": "session", "weight": 4}])
+    q1, q2, q3 = _turns(3)
+    await planner.plan(q1)
+    q2.tools = ("get_weather",)  # a constrained turn: planned again (only constrained plans may take it)
+    await planner.plan(q2)
+    assert policy.calls == 2
+    await planner.plan(q3)  # plain again: the tool turn's plan (now the pin) does not fit it either
+    assert policy.calls == 3
+    q4 = _turns(4)[3]
+    assert (await planner.plan(q4)).reason.startswith("session ")  # the plain plan, pinned again, serves turn 4
