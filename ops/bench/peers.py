@@ -31,7 +31,6 @@ import os
 import platform
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,10 +41,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "ops" / "bench"))
 
 import peers_stats as st  # noqa: E402
+from peers_clients import MODEL, PROMPT, HttpChat, RouterGrpc, WorkerGrpc  # noqa: E402
 from peers_procs import Procs, StartFailed, http_ok, stray_pids, tree_memory  # noqa: E402
 
-MODEL = "smollm2-135m"
-PROMPT = "Write a long story about a lighthouse."
 TOPICS = ["a lighthouse", "the ocean", "a dragon", "a clockmaker", "the desert", "a robot", "winter",
           "a library", "the mountains", "a train journey", "a garden", "the stars", "a bakery", "a storm",
           "an island", "a violin", "a fox", "the city at night", "a river", "a castle", "a comet",
@@ -67,151 +65,11 @@ def _say(msg: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------- clients
-class HttpChat:
-    """An OpenAI chat-completions endpoint (one keep-alive connection for sequential calls)."""
-
-    def __init__(self, base: str, model: str) -> None:
-        import httpx
-
-        self.base, self.model = base.rstrip("/"), model
-        self.client = httpx.Client(base_url=self.base, timeout=300)
-
-    def body(self, max_tokens: int, prompt: str = PROMPT) -> dict:
-        return {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": max_tokens, "temperature": 0}
-
-    def call(self, max_tokens: int) -> tuple[float, int, str]:
-        t = time.perf_counter()
-        r = self.client.post("/v1/chat/completions", json=self.body(max_tokens))
-        ms = (time.perf_counter() - t) * 1e3
-        r.raise_for_status()
-        d = r.json()
-        return ms, int(d["usage"]["completion_tokens"]), d["choices"][0]["message"]["content"] or ""
-
-    async def acall(self, client, max_tokens: int, prompt: str = PROMPT) -> int:
-        r = await client.post(self.base + "/v1/chat/completions", json=self.body(max_tokens, prompt))
-        r.raise_for_status()
-        return int(r.json()["usage"]["completion_tokens"])
-
-    async def astream(self, client, max_tokens: int, prompt: str) -> tuple[float, int]:
-        """(TTFT ms, generated tokens) of one streamed request."""
-        body = {**self.body(max_tokens, prompt), "stream": True, "stream_options": {"include_usage": True}}
-        t = time.perf_counter()
-        ttft, tokens = None, 0
-        async with client.stream("POST", self.base + "/v1/chat/completions", json=body) as r:
-            r.raise_for_status()
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                d = json.loads(line[6:])
-                if ttft is None and d.get("choices") and d["choices"][0].get("delta", {}).get("content"):
-                    ttft = (time.perf_counter() - t) * 1e3
-                if d.get("usage"):
-                    tokens = int(d["usage"]["completion_tokens"])
-        return (ttft if ttft is not None else (time.perf_counter() - t) * 1e3), tokens
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class RouterGrpc:
-    """thinkroute.v1.Router/Generate through a Ray Serve gRPC ingress, the model fixed (plan: direct)."""
-
-    def __init__(self, addr: str) -> None:
-        import grpc
-        from thinkroute.v1 import router_pb2_grpc as rpb_grpc
-
-        self.addr = addr
-        self.channel = grpc.insecure_channel(addr)
-        self.stub = rpb_grpc.RouterStub(self.channel)
-
-    @staticmethod
-    def request(max_tokens: int, prompt: str = PROMPT):
-        from thinkroute.v1 import router_pb2 as rpb
-        from thinkroute.v1 import worker_pb2 as wpb
-
-        return rpb.RouteRequest(messages=[wpb.ChatMessage(role="user", content=prompt)], model=MODEL,
-                                max_tokens=max_tokens, temperature=0.0)
-
-    @staticmethod
-    def tokens(resp) -> int:
-        return sum(c.generated_tokens for c in resp.trace.calls)
-
-    def call(self, max_tokens: int) -> tuple[float, int, str]:
-        t = time.perf_counter()
-        resp = self.stub.Generate(self.request(max_tokens), metadata=[("application", "thinkroute")], timeout=300)
-        return (time.perf_counter() - t) * 1e3, self.tokens(resp), resp.text
-
-    async def acall(self, stub, max_tokens: int, prompt: str = PROMPT) -> int:
-        resp = await stub.Generate(self.request(max_tokens, prompt), metadata=[("application", "thinkroute")],
-                                   timeout=300)
-        return self.tokens(resp)
-
-    def astub(self, channel):
-        from thinkroute.v1 import router_pb2_grpc as rpb_grpc
-
-        return rpb_grpc.RouterStub(channel)
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-class WorkerGrpc:
-    """thinkroute.v1.Worker/Generate on the worker itself (no router)."""
-
-    def __init__(self, addr: str) -> None:
-        import grpc
-        from thinkroute.v1 import worker_pb2_grpc as pb_grpc
-
-        self.addr = addr
-        self.channel = grpc.insecure_channel(addr)
-        self.stub = pb_grpc.WorkerStub(self.channel)
-
-    @staticmethod
-    def request(max_tokens: int, prompt: str = PROMPT):
-        from thinkroute.v1 import worker_pb2 as pb
-
-        return pb.GenerateRequest(
-            prompt=pb.Prompt(chat=pb.ChatPrompt(messages=[pb.ChatMessage(role="user", content=prompt)],
-                                                add_generation_prompt=True)),
-            sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=0.0))
-
-    def call(self, max_tokens: int) -> tuple[float, int, str]:
-        t = time.perf_counter()
-        msgs = list(self.stub.Generate(self.request(max_tokens), timeout=300))
-        ms = (time.perf_counter() - t) * 1e3
-        return ms, msgs[-1].final.usage.generated_tokens, "".join(m.text_delta for m in msgs)
-
-    async def acall(self, stub, max_tokens: int, prompt: str = PROMPT) -> int:
-        final = None
-        async for m in stub.Generate(self.request(max_tokens, prompt), timeout=300):
-            if m.HasField("final"):
-                final = m.final
-        return final.usage.generated_tokens
-
-    async def astream(self, stub, max_tokens: int, prompt: str) -> tuple[float, int]:
-        t = time.perf_counter()
-        ttft, final = None, None
-        async for m in stub.Generate(self.request(max_tokens, prompt), timeout=300):
-            if ttft is None and m.token_ids:
-                ttft = (time.perf_counter() - t) * 1e3
-            if m.HasField("final"):
-                final = m.final
-        return (ttft if ttft is not None else (time.perf_counter() - t) * 1e3), final.usage.generated_tokens
-
-    def astub(self, channel):
-        from thinkroute.v1 import worker_pb2_grpc as pb_grpc
-
-        return pb_grpc.WorkerStub(channel)
-
-    def close(self) -> None:
-        self.channel.close()
-
-
 # ---------------------------------------------------------------------------------------------- starting
-def start_all(procs: Procs, args, run_dir: Path, model_dir: Path, peers_python: Path) -> tuple[dict, dict]:
-    """Start every system; return ({system: client}, {system: [root pids]} for memory)."""
+def start_all(procs: Procs, args, run_dir: Path, model_dir: Path, peers_python: Path,
+              start_failures: dict[str, str]) -> tuple[dict, dict]:
+    """Start every system; return ({system: client}, {system: [root pids]} for memory). Router tiers that
+    fail to start are recorded in `start_failures` and left out; the two engines must start."""
     env_common = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     vport, wport = free_port(), free_port()
     vllm_env = {**env_common, "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GIB), "VLLM_USE_V2_MODEL_RUNNER": "0"}
@@ -266,16 +124,28 @@ def start_all(procs: Procs, args, run_dir: Path, model_dir: Path, peers_python: 
                                    "--port", str(lport), "--api-base", vbase + "/v1"], env=peer_env, cwd=REPO)
     rllm = procs.start("routellm", [str(peers_python), str(REPO / "ops" / "bench" / "peers_routellm.py"),
                                     "--port", str(rport), "--api-base", vbase + "/v1"], env=peer_env, cwd=REPO)
-    procs.wait_until(lite, lambda: http_ok(f"http://127.0.0.1:{lport}/health"), args.start_timeout)
-    procs.wait_until(rllm, lambda: http_ok(f"http://127.0.0.1:{rport}/docs"), args.start_timeout)
-    clients: dict[str, object] = {
-        st.BASELINE: HttpChat(vbase, MODEL),
-        "litellm": HttpChat(f"http://127.0.0.1:{lport}", MODEL),
-        "routellm": HttpChat(f"http://127.0.0.1:{rport}", "router-random-0.5"),
-    }
-    roots = {st.BASELINE: [vllm.proc.pid], "litellm": [lite.proc.pid], "routellm": [rllm.proc.pid]}
+    clients: dict[str, object] = {st.BASELINE: HttpChat(vbase, MODEL)}
+    roots = {st.BASELINE: [vllm.proc.pid]}
+    # A router tier that does not come up is recorded and left out; the engines above are required.
+    for name, proc, url, client in (
+            ("litellm", lite, f"http://127.0.0.1:{lport}/health", HttpChat(f"http://127.0.0.1:{lport}", MODEL)),
+            ("routellm", rllm, f"http://127.0.0.1:{rport}/docs",
+             HttpChat(f"http://127.0.0.1:{rport}", "router-random-0.5"))):
+        try:
+            procs.wait_until(proc, lambda url=url: http_ok(url), args.start_timeout)
+        except StartFailed as e:
+            start_failures[name] = str(e)[-1500:]
+            _say(f"{name} did not start and is left out: {str(e)[:300]}")
+            continue
+        clients[name] = client
+        roots[name] = [proc.proc.pid]
     for mode, (p, rfile) in tr.items():
-        procs.wait_until(p, rfile.exists, args.start_timeout)
+        try:
+            procs.wait_until(p, rfile.exists, args.start_timeout)
+        except StartFailed as e:
+            start_failures[f"thinkroute ({mode} proxy)"] = str(e)[-1500:]
+            _say(f"thinkroute with the {mode} proxy did not start and is left out: {str(e)[:300]}")
+            continue
         info = json.loads(rfile.read_text())
         suffix = "" if mode == "python" else "-haproxy"
         clients[f"thinkroute-http{suffix}"] = HttpChat(info["http"], MODEL)
@@ -499,6 +369,11 @@ def _sigterm(signum, frame):  # noqa: ARG001
 
 
 def run(args) -> dict:
+    """The whole benchmark; the report (also written, partial, to args.out after each phase)."""
+    def save(rep: dict) -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**rep, "complete": False}, indent=1, default=str))
+
     from peers_env import ensure_peers_env, python as peers_python
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -523,7 +398,8 @@ def run(args) -> dict:
         procs = Procs(run_dir)
         clients: dict = {}
         try:
-            clients, roots = start_all(procs, args, run_dir, model_dir, peers_python())
+            report["start_failures"] = {}
+            clients, roots = start_all(procs, args, run_dir, model_dir, peers_python(), report["start_failures"])
             report["start_s"] = round(time.monotonic() - t_start, 1)
             deadline = t_start + args.budget_s
             failed = warm_up(clients, sizes, args.warmup, deadline)
@@ -542,12 +418,29 @@ def run(args) -> dict:
             lat, texts = latency_phase(clients, sizes, args.n, deadline)
             report["latency"] = lat
             report["texts"] = texts
+            base_text = texts.get(st.BASELINE, {})
+            report["same_text_as_vllm_server"] = {
+                size: {s: t.get(size) == base_text.get(size) for s, t in texts.items() if s != st.BASELINE}
+                for size in sizes}
+            save(report)
+            report["phase_errors"] = {}
             _say(f"throughput phase: concurrency {args.concurrency}, {args.thr_tokens} tokens, {args.window:.0f} s each")
-            report["throughput"] = throughput_phase(clients, args.concurrency, args.thr_tokens, args.window, args.drain)
+            try:
+                report["throughput"] = throughput_phase(clients, args.concurrency, args.thr_tokens, args.window,
+                                                        args.drain)
+            except Exception as e:  # noqa: BLE001 - recorded; the engine phase and the teardown still run
+                report["phase_errors"]["throughput"] = f"{type(e).__name__}: {e}"
+                _say(f"throughput phase failed: {e}")
+            save(report)
             if st.BASELINE in clients and st.WORKER in clients:
                 _say(f"engine phase: concurrency {args.engine_concurrency}, {args.engine_requests} requests")
-                report["engine"] = engine_phase(clients, args.engine_concurrency, args.engine_tokens,
-                                                args.engine_requests)
+                try:
+                    report["engine"] = engine_phase(clients, args.engine_concurrency, args.engine_tokens,
+                                                    args.engine_requests)
+                except Exception as e:  # noqa: BLE001
+                    report["phase_errors"]["engine"] = f"{type(e).__name__}: {e}"
+                    _say(f"engine phase failed: {e}")
+            save(report)
             report["machine_after"] = machine()
         finally:
             for c in clients.values():
@@ -560,8 +453,9 @@ def run(args) -> dict:
             report["left_running_after_teardown"] = left
             _say("teardown complete" if not left else f"teardown left {left}")
         report["total_s"] = round(time.monotonic() - t_start, 1)
+    report["complete"] = True
     report["latency_rows"] = st.latency_rows(report["latency"], sizes)
-    report["targets"] = [t.__dict__ for t in st.targets(report["latency_rows"], report["throughput"],
+    report["targets"] = [t.__dict__ for t in st.targets(report["latency_rows"], report.get("throughput", {}),
                                                         report.get("engine", {}), sizes)]
     return report
 
@@ -578,12 +472,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a small run: n 5, 8 s windows, 32 engine requests")
-    ap.add_argument("--n", type=int, default=30, help="latency rounds (each: every system once per size)")
+    ap.add_argument("--n", type=int, default=20, help="latency rounds (each: every system once per size)")
     ap.add_argument("--sizes", default="1,64", help="max_tokens of the latency requests")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up rounds per system and size")
     ap.add_argument("--concurrency", type=int, default=64, help="closed-loop concurrency of the throughput phase")
     ap.add_argument("--thr-tokens", type=int, default=16, help="max_tokens in the throughput phase")
-    ap.add_argument("--window", type=float, default=20.0, help="seconds counted per system in the throughput phase")
+    ap.add_argument("--window", type=float, default=15.0, help="seconds counted per system in the throughput phase")
     ap.add_argument("--drain", type=float, default=30.0, help="seconds allowed for in-flight requests after a window")
     ap.add_argument("--engine-concurrency", type=int, default=32)
     ap.add_argument("--engine-tokens", type=int, default=64)
@@ -594,9 +488,9 @@ def main() -> int:
     ap.add_argument("--lock", default="/tmp/thinkroute-heavy.lock", help="lock held for the run ('' = none)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "peers.json")
     ap.add_argument("--md", type=Path, default=None, help="also write the tables as Markdown here")
+    if "--quick" in sys.argv[1:]:  # smaller defaults; flags given explicitly still win
+        ap.set_defaults(n=5, window=8.0, drain=20.0, engine_requests=32, warmup=1)
     args = ap.parse_args()
-    if args.quick:
-        args.n, args.window, args.drain, args.engine_requests, args.warmup = 5, 8.0, 20.0, 32, 1
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=str))

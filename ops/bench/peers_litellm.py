@@ -6,7 +6,6 @@ Runs in the peers' own environment (.venv-peers, see ops/bench/peers_env.py), no
 
     .venv-peers/bin/python ops/bench/peers_litellm.py --port 8201 --api-base http://127.0.0.1:8100/v1
 """
-from __future__ import annotations
 
 import argparse
 import os
