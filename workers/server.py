@@ -10,6 +10,7 @@ Shutdown (SIGTERM/SIGINT) stops admitting, drains in-flight requests for `grace`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -130,6 +131,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             ids = self._prompt_ids(request.prompt)
             sampling = wire.sampling_from_pb(
                 request.sampling, request.constraint if request.HasField("constraint") else None)
+            if request.cache_salt:  # prefix-cache isolation: travels beside the sampling parameters
+                if len(request.cache_salt) > 256:
+                    raise InvalidRequest(f"cache_salt is {len(request.cache_salt)} characters; at most 256")
+                sampling = dataclasses.replace(sampling, cache_salt=request.cache_salt)
             self._validate_sampling(sampling, len(ids))
             request_id = request.request_id or uuid.uuid4().hex
             self.requests_total += 1
@@ -185,15 +190,19 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             self._check_accepting()
             limits.check_hidden_state(request)
             limits.check_layers_range(request.layers, self.engine.info.num_layers)
+            if request.max_tokens < 0:
+                raise InvalidRequest(f"max_tokens must be >= 0 (0 = the whole prompt), got {request.max_tokens}")
             prompts = [self._prompt_ids(p) for p in request.prompts]
+            poolings = [wire.pooling_from_pb(p) for p in request.poolings] or wire.pooling_from_pb(request.pooling)
             async with self.admission.slot():
-                results = await self.engine.hidden_states(prompts, list(request.layers),
-                                                          wire.pooling_from_pb(request.pooling))
+                results = await self.engine.hidden_states(prompts, list(request.layers), poolings,
+                                                          request.uncertainty, request.max_tokens)
             return pb.HiddenStateResponse(
                 model_id=self.engine.info.model_id,
                 results=[pb.HiddenStateResult(
                     data=np.ascontiguousarray(r.states, dtype="<f4").tobytes(), shape=list(r.states.shape),
-                    layers=r.layers, prompt_tokens=r.prompt_tokens) for r in results],
+                    layers=r.layers, prompt_tokens=r.prompt_tokens,
+                    uncertainty=[] if r.uncertainty is None else [float(x) for x in r.uncertainty]) for r in results],
             )
         except Exception as e:  # noqa: BLE001
             await self._fail(context, e)

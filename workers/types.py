@@ -66,7 +66,8 @@ class Sampling:
     stop: tuple[str, ...] = ()
     #: Structured output the engine must enforce (None = free text).
     constraint: Constraint | None = None
-
+    #: Prefix-cache isolation (vLLM `cache_salt`): prefixes are shared only between equal salts; "" = shared cache.
+    cache_salt: str = ""
 
     @property
     def greedy(self) -> bool:
@@ -123,9 +124,11 @@ class Pooling(str, Enum):
 
 @dataclass
 class HiddenStateResult:
-    states: np.ndarray            # float32 [len(layers), hidden_size]
+    states: np.ndarray            # float32 [len(layers) * len(poolings), hidden_size], layer-major
     layers: list[int]             # resolved (non-negative) layer indices; num_layers = final (after norm)
     prompt_tokens: int
+    #: [entropy, top-1 probability, log(prompt tokens)] at the last prompt token, when asked for.
+    uncertainty: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 
 from workers.config import EngineConfig
 from workers.engine import Engine
@@ -354,9 +354,10 @@ class VllmEngine(Engine):
         )
 
     # -- hidden states -------------------------------------------------------------------------
-    async def hidden_states(self, prompts: list[list[int]], layers: list[int], pooling: Pooling) -> list[HiddenStateResult]:
+    async def hidden_states(self, prompts: list[list[int]], layers: list[int], pooling: "Pooling | Sequence[Pooling]",
+                            uncertainty: bool = False, max_tokens: int = 0) -> list[HiddenStateResult]:
         hf = await self.hf_engine()
-        return await hf.hidden_states([self._check_prompt(p) for p in prompts], layers, pooling)
+        return await hf.hidden_states([self._check_prompt(p) for p in prompts], layers, pooling, uncertainty, max_tokens)
 
     async def hf_engine(self) -> "HfEngine":
         """The hf model on the same weights that serves HiddenState, loaded on first use."""

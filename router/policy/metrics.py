@@ -94,3 +94,30 @@ def cpt(share_points, a_weak: float, a_strong: float, q: float) -> float:
     """RouteLLM CPT(q): least strong-call share whose PGR reaches q."""
     pts = list(share_points) + [(0.0, a_weak)]
     return cost_to_reach(pts, a_weak + q * (a_strong - a_weak))
+
+
+def area_batch(xs, ys, c_lo, c_hi, grid: int = GRID) -> np.ndarray:
+    """`area` for B point sets at once (bootstrap replicates): xs, ys [B, P]; c_lo, c_hi [B].
+
+    The attainable accuracy at budget c is the best single point with cost <= c, or the best mix of two
+    points i, j with x_i <= c <= x_j (the upper concave hull with free disposal, as `hull`); 0 below the
+    cheapest point."""
+    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    c_lo, c_hi = np.asarray(c_lo, np.float64), np.asarray(c_hi, np.float64)
+    t = np.linspace(0.0, 1.0, grid)
+    lg = np.log(c_lo)[:, None] + t[None, :] * np.log(c_hi / c_lo)[:, None]  # [B, G]
+    c = np.exp(lg)
+    X, Y = xs[:, :, None], ys[:, :, None]  # [B, P, 1]
+    C = c[:, None, :]  # [B, 1, G]
+    tol = 1 + 1e-9
+    val = np.max(np.where(X <= C * tol, Y, 0.0), axis=1)  # single points
+    P = xs.shape[1]
+    for i in range(P):
+        for j in range(P):
+            xi, xj, yi, yj = xs[:, i, None], xs[:, j, None], ys[:, i, None], ys[:, j, None]
+            ok = (xi < xj) & (xi <= c * tol) & (c <= xj)
+            mix = yi + (yj - yi) * (c - xi) / np.where(xj > xi, xj - xi, 1.0)
+            val = np.where(ok, np.maximum(val, mix), val)
+    width = np.log(c_hi / c_lo)
+    out = np.trapezoid(val, lg, axis=1) / np.where(width > 0, width, 1.0)
+    return np.where(width > 0, out, val[:, 0])

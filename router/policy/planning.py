@@ -65,8 +65,8 @@ class LivePolicyConfig(BaseModel):
     """Directory of a saved `Policy` (probe on the drafter's hidden states); None = priors."""
     drafter_role: str = "small"
     """Role (router.roles) of the model whose hidden states the probe reads."""
-    layers: list[int] = Field(default_factory=lambda: [-1])
-    """Hidden-state layers the probe reads (the artifact's feature spec must match)."""
+    layers: list[int] | None = None
+    """Hidden-state layers the probe reads; None = the artifact's feature spec (when set, it must match it)."""
     dial: dict[str, float] = Field(default_factory=dict)
     """lambda(dial) mapping overrides (lam_max, lam_min, cost_scale), see router/policy/dial.py."""
     cache_size: int = Field(4096, ge=0)
@@ -84,7 +84,12 @@ class PlanningPolicy:
             if cand.model and cand.model not in config.models:
                 raise InvalidRoute(f"policy.candidates.{name}.model {cand.model!r} is not one of {sorted(config.models)}")
         self.drafter = config.router.roles.get(self.spec.drafter_role, config.router.default_model)
-        self.policy: Policy | None = Policy.load(self.spec.artifact, model_id=self.drafter) if self.spec.artifact else None
+        self.policy: Policy | None = None
+        self.request: dict | None = None  # HiddenState arguments of the artifact's feature spec
+        self._served_checked = False
+        if self.spec.artifact:
+            self.policy, self.request = load_servable_artifact(self.spec.artifact, list(self.spec.candidates),
+                                                               self.spec.layers, self._expected_model_id())
         if self.policy is None:
             missing = [n for n in self.spec.candidates if n not in self.spec.priors]
             if missing:
@@ -92,6 +97,19 @@ class PlanningPolicy:
         # Priors only: the same decision rule as a trained policy, without a probe.
         self._prior_config = PolicyConfig(dial=DialConfig(**self.spec.dial))
         self._features: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def _expected_model_id(self) -> str:
+        """What the drafter's workers should report as their model_id (the pool's registry name)."""
+        pool = self.config.models.get(self.drafter)
+        return (pool.model if pool is not None and pool.model else self.drafter)
+
+    async def check_served(self, pool) -> None:
+        """Refuse the artifact unless the drafter's workers serve the model it was trained on (Info)."""
+        if self.policy is None or self._served_checked:
+            return
+        served = await pool.served_model_id(self.drafter)
+        check_model_identity(self.policy, served, self.drafter)
+        self._served_checked = True
 
     def _models_of(self, cand: CandidatePlan) -> dict[str, str]:
         cls = get_strategy(cand.strategy)
@@ -116,9 +134,11 @@ class PlanningPolicy:
         if key in self._features:
             self._features.move_to_end(key)
             return self._features[key], {"cached": True}
-        states, record = await pool.hidden_states(self.drafter, [PromptInput(text=text)], self.spec.layers,
-                                                  deadline=deadline)
-        vec = states[0].reshape(-1)
+        await self.check_served(pool)
+        rows, served, record = await pool.hidden_features(self.drafter, [PromptInput(text=text)], self.request,
+                                                          deadline=deadline)
+        check_model_identity(self.policy, served, self.drafter)
+        vec = rows[0]
         if self.spec.cache_size:
             self._features[key] = vec
             while len(self._features) > self.spec.cache_size:
@@ -178,6 +198,45 @@ class PlanningPolicy:
             reason += f"; {why}: only {sorted(predictions)} can run it"
         return Plan(strategy=cls(options), models=self._models_of(chosen), reason=reason, dial=dial,
                     candidates=candidates)
+
+
+def check_model_identity(policy: Policy, served_model_id: str, pool_name: str) -> None:
+    """Raise InvalidRoute unless the worker serves the model whose hidden states the probe was trained on."""
+    if served_model_id != policy.probe.model_id:
+        raise InvalidRoute(f"policy.artifact: the probe reads hidden states of model {policy.probe.model_id!r} but the "
+                           f"drafter pool {pool_name!r} serves {served_model_id!r}; retrain the artifact on that model or "
+                           f"point policy.drafter_role at a pool serving {policy.probe.model_id!r}")
+
+
+def load_servable_artifact(path: str, plans: list[str], layers: list[int] | None, model_id: str) -> tuple[Policy, dict]:
+    """Load a policy artifact and check, before serving, that the live path computes exactly its features:
+    the feature spec must be served by one HiddenState call (probes.features.feature_request), its layers
+    must match `layers` when configured, its model must be `model_id` (the drafter's registry name; the
+    served model id is checked again against the worker's Info) and its plans must be the candidates.
+    Raises InvalidRoute naming the difference."""
+    from probes.features import feature_request
+    from probes.probe import ProbeError
+
+    try:
+        policy = Policy.load(path)
+    except (ProbeError, OSError, ValueError) as e:
+        raise InvalidRoute(f"policy.artifact {path}: {e}") from e
+    spec = policy.probe.feature_spec
+    try:
+        request = feature_request(spec)
+    except ValueError as e:
+        raise InvalidRoute(f"policy.artifact {path}: {e}; only hidden-state probes can be served") from e
+    if spec.get("model_id") != policy.probe.model_id:
+        raise InvalidRoute(f"policy.artifact {path}: feature spec model {spec.get('model_id')!r} differs from the probe's model {policy.probe.model_id!r}")
+    if layers is not None and [int(x) for x in layers] != request["layers"]:
+        raise InvalidRoute(f"policy.layers {list(layers)} differ from the artifact's feature spec layers {request['layers']}; "
+                           "drop policy.layers or retrain the artifact on those layers")
+    check_model_identity(policy, model_id, "(configured drafter)")
+    if sorted(policy.plans) != sorted(plans):
+        missing, extra = sorted(set(plans) - set(policy.plans)), sorted(set(policy.plans) - set(plans))
+        raise InvalidRoute(f"policy.artifact {path} predicts plans {policy.plans} but policy.candidates are {plans}"
+                           f" (candidates without a prediction: {missing}; artifact plans not candidates: {extra})")
+    return policy, request
 
 
 def build_planning_policy(config: "Config") -> PlanningPolicy:

@@ -74,3 +74,85 @@ def test_single_class_plan_predicts_base_rate():
 def test_unfitted_probe_errors():
     with pytest.raises(ProbeError):
         Probe(["a"], SPEC, "m1").predict_proba(np.zeros((1, DIM)))
+
+
+# ---- servability: one definition of hidden-state features, and the artifact check at start -------
+def _tiny_llama():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_hidden_features_layout_and_batching_match_one_prompt_at_a_time():
+    """The worker runs prompts one by one; offline extraction pads batches: same numbers, same columns."""
+    import torch
+
+    from workers.hf_engine import hidden_features, truncate_prompt
+
+    model = _tiny_llama()
+    prompts = [[1, 5, 7, 9], [2, 3], [4, 4, 4, 4, 4, 4, 8]]
+    with torch.inference_mode():
+        states, unc = hidden_features(model, prompts, [1, 3], ["last", "mean"], True, 3)
+        assert states.shape == (3, 4, 16) and unc.shape == (3, 3)
+        for i, p in enumerate(prompts):
+            s1, u1 = hidden_features(model, [p], [1, 3], ["last_token", "mean"], True, 3)
+            np.testing.assert_allclose(states[i], s1[0], atol=1e-5)
+            np.testing.assert_allclose(unc[i], u1[0], atol=1e-5)
+        hs = model.model(input_ids=torch.tensor([prompts[2]]), output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(states[2, 0], hs[1][0, -1].numpy(), atol=1e-5)  # layer 1, last token
+    np.testing.assert_allclose(states[2, 3], hs[3][0].mean(0).numpy(), atol=1e-5)  # layer 3 (final, normed), mean
+    assert unc[1, 2] == pytest.approx(np.log(2)) and 0 < unc[0, 1] <= 1
+    assert truncate_prompt([1, 2, 3, 4], 2) == [3, 4] and truncate_prompt([1, 2], 0) == [1, 2]
+
+
+def test_feature_request_covers_the_spec_in_one_call():
+    from probes.features import feature_request, hidden_state_spec
+
+    spec = hidden_state_spec("m1", [2, 4], ["last", "mean"], 32, False)
+    assert feature_request(spec) == {"layers": [2, 4], "pooling": ["last", "mean"], "uncertainty": False, "max_tokens": 32}
+    with pytest.raises(ValueError, match="not served"):
+        feature_request({"source": "sentence_embedding", "model_id": "all-minilm-l6-v2"})
+
+
+def _artifact(tmp_path, spec, model_id="m1", plans=("a", "b")):
+    from router.policy import Policy, SystemPrice
+
+    X, y, tok = _data()
+    pol = Policy.fit(X, y, tok, None, list(plans), {p: SystemPrice(1, 1) for p in plans}, spec, model_id,
+                     probe_config=CFG)
+    return str(pol.save(tmp_path / "art"))
+
+
+def test_servable_artifact_is_refused_on_any_difference(tmp_path):
+    from router.errors import InvalidRoute
+    from router.policy.planning import load_servable_artifact
+
+    path = _artifact(tmp_path, SPEC)
+    pol, req = load_servable_artifact(path, ["a", "b"], None, "m1")
+    assert req == {"layers": [4, -1], "pooling": ["last", "mean"], "uncertainty": True, "max_tokens": 0}
+    with pytest.raises(InvalidRoute, match="serves 'm2'"):
+        load_servable_artifact(path, ["a", "b"], None, "m2")
+    with pytest.raises(InvalidRoute, match=r"candidates without a prediction: \['c'\]"):
+        load_servable_artifact(path, ["a", "b", "c"], None, "m1")
+    with pytest.raises(InvalidRoute, match=r"policy.layers \[-1\] differ"):
+        load_servable_artifact(path, ["a", "b"], [-1], "m1")
+    other = _artifact(tmp_path / "x", {"source": "sentence_embedding", "model_id": "all-minilm-l6-v2"}, "all-minilm-l6-v2")
+    with pytest.raises(InvalidRoute, match="not served by the worker HiddenState RPC"):
+        load_servable_artifact(other, ["a", "b"], None, "all-minilm-l6-v2")
+
+
+def test_knn_router_same_contract_as_policy():
+    from router.policy.evaluate import KNNRouter
+    from router.policy import PolicyConfig, SystemPrice
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    y = np.stack([(X[:, 0] > 0), np.ones(60)], 1).astype(float)
+    knn = KNNRouter(X, y, np.full((60, 2), 10.0), ["a", "b"], {"a": SystemPrice(1, 1), "b": SystemPrice(5, 5)}, 5, PolicyConfig())
+    P, C = knn.predict_arrays(X, np.full(60, 20.0), exclude_self=True)
+    assert P.shape == (60, 2) and C.shape == (60, 2) and ((P[:, 0] > 0.5) == (X[:, 0] > 0)).mean() > 0.8
+    np.testing.assert_allclose(C[:, 1], 5 * C[:, 0])

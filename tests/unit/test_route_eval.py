@@ -93,12 +93,22 @@ class FakeSource:
         return np.array(out)
 
 
+def test_area_batch_matches_area():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 9))
+        xs, ys = np.exp(rng.normal(size=(1, n))), rng.random((1, n))
+        lo = float(np.exp(rng.normal() - 1))
+        hi = lo * float(np.exp(rng.random() * 3))
+        assert M.area_batch(xs, ys, [lo], [hi])[0] == pytest.approx(M.area(list(zip(xs[0], ys[0])), lo, hi), abs=2e-3)
+
+
 def test_end_to_end_route_eval_small(tmp_path, capsys):
-    from router.commands.route_eval import plot, print_table, run_config
+    from router.commands.route_eval import make_split, plot, print_table, run_config
 
     rng = np.random.default_rng(0)
     rows = []
-    for i in range(60):
+    for i in range(90):
         hard = i % 2 == 0
         rows.append({"question": f"q{i} {'hard' if hard else 'easy'} " + "w " * int(rng.integers(5, 30)), "subject": f"s{i % 6}",
                      "small": {"is_correct": (not hard) and rng.random() < 0.9, "solution": "a " * 10},
@@ -107,16 +117,31 @@ def test_end_to_end_route_eval_small(tmp_path, capsys):
     data.write_text("\n".join(json.dumps(r) for r in rows))
     cfg = RoutingEvalConfig(name="tiny", data=str(data), systems={"small": SystemPrice(1, 1), "large": SystemPrice(20, 20)},
                             group_field="subject", probe={"Cs": [0.3], "pca_dim": 8}, policy={"task_context_dim": 2},
-                            meta={"ks": [4], "repeats": 1, "min_rows": 8}, cv=3, dial_points=21)
-    args = argparse.Namespace(group_by=None, train=None, eval=None, data=None, limit=None, cv=3, meta=True, no_progress=True)
+                            baseline_features={"minilm": {}}, knn={"features": "minilm", "k": 5},
+                            meta={"ks": [4], "repeats": 1, "min_rows": 8}, cv=3)
+    decisions = tmp_path / "d.jsonl"
+    args = argparse.Namespace(group_by=None, train=None, eval=None, data=None, limit=None, cv=3, meta=True, no_progress=True,
+                              decisions=str(decisions), bootstrap=100, methods=None)
     count = lambda texts: np.array([len(t.split()) for t in texts], float)
-    res = run_config(cfg, args, sources={"probe": FakeSource("fake-drafter"), "minilm": FakeSource("fake-minilm")}, count_tokens=count)
+    srcs = {"probe": FakeSource("fake-drafter"), "minilm": FakeSource("fake-minilm")}
+    res = run_config(cfg, args, sources=srcs, count_tokens=count)
     m = res["methods"]
-    assert {"probe", "minilm-lr", "always-cheapest", "always-best", "random", "single-envelope", "oracle"} <= set(m)
-    assert len(m["probe"]["folds"]) == 3 and "routellm_apgr" in m["probe"]["mean"]
-    assert m["probe"]["mean"]["area"] > m["random"]["mean"]["area"]  # the planted signal is found
+    assert {"probe", "noise", "length", "base-rate", "minilm", "knn[minilm]", "always-cheapest", "always-best", "single-envelope", "oracle"} <= set(m)
+    assert len(m["probe"]["folds"]) == 3 and m["probe"]["servable"] and m["probe"]["role"] == "probe"
+    assert res["strongest_baseline"] in m and "probe" in res["comparisons"]
     assert "a_k0.area" in res["meta"]["summary"] and "c_k4.area" in res["meta"]["summary"]
+    lines = decisions.read_text().splitlines()
+    assert len(lines) == sum(len(v["points"]) for v in m.values()) * 90
     print_table(res)
     assert "probe" in capsys.readouterr().out
     plot([res, res], str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000
+    # the documented dev/other split: whole groups, deterministic, a partition
+    dev, other = make_split(str(data), str(tmp_path / "split"), "subject", 0.3, "question")
+    dv = [json.loads(x)["subject"] for x in dev.read_text().splitlines()]
+    ot = [json.loads(x)["subject"] for x in other.read_text().splitlines()]
+    assert len(dv) + len(ot) == 90 and not set(dv) & set(ot) and ot
+    args2 = argparse.Namespace(**{**vars(args), "train": str(dev), "eval": str(other), "meta": False, "decisions": str(tmp_path / "d2.jsonl")})
+    res2 = run_config(cfg, args2, sources=srcs, count_tokens=count)
+    assert res2["folds"] == 1
+    assert len((tmp_path / "d2.jsonl").read_text().splitlines()) == sum(len(v["points"]) for v in res2["methods"].values()) * len(ot)
