@@ -195,15 +195,37 @@ class RedisConfig(_Base):
     enabled: bool = True
     """Start/use Redis for the shared prefix cache."""
     url: str | None = None
-    """Use this Redis (redis://host:port/db) instead of starting one."""
+    """Use this Redis (redis:// or rediss://host:port/db, no password in it) instead of starting one."""
     port: int = Field(6390, ge=1, le=65535)
     """Port of the Redis server `thinkroute serve` starts on 127.0.0.1."""
     maxmemory_mb: int = Field(512, ge=16)
     """Byte budget of the cache (maxmemory with allkeys-lru)."""
-    password_env: str | None = None
-    """Environment variable holding the Redis password, if any."""
+    password_env: str = "THINKROUTE_REDIS_PASSWORD"
+    """Environment variable holding the Redis password (or `<VAR>_FILE`: a 0600 file). Unset when `thinkroute serve` starts Redis: a random one is generated (requirepass)."""
+    mac_key_env: str = "THINKROUTE_KV_MAC_KEY"
+    """Environment variable holding the key that authenticates cached KV blocks (HMAC-SHA256, >= 16 bytes; or `<VAR>_FILE`). Unset: `thinkroute serve` generates one per deployment."""
     tls: bool = False
-    """Connect with TLS (rediss://)."""
+    """TLS between every client and Redis; the Redis `thinkroute serve` starts then speaks only TLS."""
+    tls_ca_file: str | None = None
+    """CA that signed Redis' certificate (None with a started Redis: a private CA is generated in run_dir)."""
+    tls_cert_file: str | None = None
+    """Certificate of the Redis `thinkroute serve` starts (None: generated with its key, see tls_ca_file)."""
+    tls_key_file: str | None = None
+    """Key of `tls_cert_file` (keep it 0600)."""
+    tenant_isolation: Literal["per_tenant", "shared"] = "per_tenant"
+    """`per_tenant`: each tenant's requests carry its own cache salt (vLLM `cache_salt`, and the Redis block hash chain), so no tenant is served, or told about, another's cached prefix; `shared`: all tenants share cached prefixes."""
+    salt_groups: dict[str, str] = Field(default_factory=dict)
+    """Tenant -> group name: tenants of one group share one salt, hence cached prefixes (with `per_tenant`)."""
+
+    @model_validator(mode="after")
+    def _no_secret_in_url(self) -> "RedisConfig":
+        from urllib.parse import urlsplit
+
+        if self.url and urlsplit(self.url).password is not None:
+            raise ValueError(f"redis.url must not carry a password (it would reach logs and argv); put it in ${self.password_env}")
+        if self.tls_cert_file and not self.tls_key_file:
+            raise ValueError("redis.tls_cert_file needs redis.tls_key_file")
+        return self
 
 
 class Config(_Base):

@@ -5,11 +5,19 @@ fixed free ports, logs under run_dir) -> local Ray -> Ray Serve with the gRPC pr
 router application. A supervisor thread restarts a worker that exits (e.g. engine death,
 exit code 3) on the same port. `stop()` reverses it: Serve, Ray, workers (SIGTERM: they drain
 in-flight requests), Redis.
+
+Secrets never travel in argv (every local user can read /proc/<pid>/cmdline): a worker's
+engine config goes into a 0600 file (`--config-file`), and the Redis password and the KV
+blocks' MAC key reach workers and router replicas through the environment they inherit.
+When the variables that should hold them are unset, `start()` generates both (one per
+deployment) and sets them in this process's environment only. Redis gets its password on
+stdin (router/redis_server.py).
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -47,7 +55,8 @@ class WorkerProcess:
     model: str
     index: int
     port: int
-    config_json: str
+    config_file: Path
+    """The worker's EngineConfig as JSON, mode 0600 (argv only names the file)."""
     log_path: Path
     proc: subprocess.Popen | None = None
     tls_args: tuple[str, ...] = ()
@@ -66,7 +75,7 @@ class WorkerProcess:
         env = {**os.environ, **(extra_env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router.cli", "worker", "--model", self.model, "--port", str(self.port),
-             "--config-json", self.config_json, "--ready-file", str(ready),
+             "--config-file", str(self.config_file), "--ready-file", str(ready),
              "--replica-id", f"{self.model}-{self.index}", *self.tls_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             preexec_fn=_die_with_parent,
@@ -104,6 +113,8 @@ class LocalCluster:
     run_dir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
     redis: object | None = None
+    redis_tls_ca: str | None = None
+    """CA file clients verify the launcher-started Redis with (under `redis.tls`)."""
     _stopping: bool = False
 
     def addresses(self) -> dict[str, list[str]]:
@@ -112,27 +123,60 @@ class LocalCluster:
             out[w.model].append(w.address)
         return out
 
+    def ensure_secrets(self) -> None:
+        """Generate the Redis password (when this launcher starts Redis) and the KV MAC key when unset.
+
+        Both go into this process's environment only, which workers (subprocesses) and the local
+        Ray's router replicas inherit; an external Redis (`redis.url`) needs its password set by
+        the operator. Workers elsewhere (`addresses`) must be given the same MAC key to share blocks.
+        """
+        from workers.kv.secrets import read_secret
+
+        rc = self.config.redis
+        if read_secret(rc.mac_key_env) is None:
+            os.environ[rc.mac_key_env] = secrets.token_urlsafe(32)
+            say(f"generated the prefix cache's MAC key for this deployment (${rc.mac_key_env})")
+        if not rc.url and read_secret(rc.password_env) is None:
+            os.environ[rc.password_env] = secrets.token_urlsafe(32)
+
     def start_redis(self) -> str | None:
         rc = self.config.redis
         if not rc.enabled:
             return None
+        self.ensure_secrets()
         if rc.url:
+            self.redis_tls_ca = rc.tls_ca_file
             return rc.url
         try:
-            from router.redis_server import RedisServer
+            from router.redis_server import RedisServer, RedisTLS, self_signed_tls
         except ModuleNotFoundError:
             say("Redis support is not installed in this build; continuing without the shared prefix cache")
             return None
-        self.redis = RedisServer(port=rc.port, data_dir=(self.run_dir / "redis").resolve(),
-                                 maxmemory_bytes=rc.maxmemory_mb << 20)
+        from workers.kv.secrets import read_secret
+
         try:
+            tls = None
+            if rc.tls and rc.tls_cert_file:
+                tls = RedisTLS(cert_file=rc.tls_cert_file, key_file=rc.tls_key_file or "", ca_file=rc.tls_ca_file or "")
+            elif rc.tls:
+                tls = self_signed_tls(self.run_dir / "redis" / "tls")
+            self.redis_tls_ca = tls.ca_file if tls else None
+            self.redis = RedisServer(port=rc.port, data_dir=(self.run_dir / "redis").resolve(),
+                                     maxmemory_bytes=rc.maxmemory_mb << 20, password=read_secret(rc.password_env),
+                                     tls=tls)
             self.redis.start()
         except Exception as e:  # noqa: BLE001 - the cache is optional: slower, never failed
             say(f"could not start redis-server ({e}); continuing without the shared prefix cache")
             self.redis = None
             return None
-        say(f"redis on 127.0.0.1:{rc.port} (maxmemory {rc.maxmemory_mb} MiB, allkeys-lru)")
-        return f"redis://127.0.0.1:{rc.port}/0"
+        say(f"redis on 127.0.0.1:{rc.port} (maxmemory {rc.maxmemory_mb} MiB, allkeys-lru, password from "
+            f"${rc.password_env}, tls {'on' if tls else 'off'})")
+        return self.redis.url
+
+    def redis_client_settings(self) -> dict:
+        """How every Redis client of this deployment connects (no secret: names of variables and files)."""
+        rc = self.config.redis
+        return {"password_env": rc.password_env, "tls": rc.tls, "tls_ca_file": self.redis_tls_ca}
 
     def start_workers(self, redis_url: str | None, timeout_s: float = 900.0) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -142,11 +186,16 @@ class LocalCluster:
                 if redis_url and engine.get("kv_connector") == "redis":
                     from workers.kv.config import redis_kv_transfer_config
 
-                    engine["kv_connector"] = redis_kv_transfer_config(redis_url, replica_id=f"{name}-{i}",
-                                                                      model_id=pool.model)
+                    engine["kv_connector"] = redis_kv_transfer_config(
+                        redis_url, replica_id=f"{name}-{i}", model_id=pool.model,
+                        mac_key_env=self.config.redis.mac_key_env, **self.redis_client_settings())
                 elif engine.get("kv_connector") == "redis":
                     engine["kv_connector"] = None
-                w = WorkerProcess(name, i, free_port(), json.dumps(engine),
+                from workers.kv.secrets import write_private_file
+
+                config_file = write_private_file(self.run_dir / "workers" / f"worker-{name}-{i}.json",
+                                                 json.dumps(engine))
+                w = WorkerProcess(name, i, free_port(), config_file.resolve(),
                                   self.run_dir / "logs" / f"worker-{name}-{i}.log", tls_args=self.worker_tls_args())
                 w.start()
                 self.workers.append(w)
@@ -216,6 +265,7 @@ class LocalCluster:
         for scorer in self.config.router.scorers:  # the prefix scorer reads the index on the same Redis
             if scorer.name == "prefix" and redis_url and not scorer.params.get("redis_url"):
                 scorer.params["redis_url"] = redis_url
+                scorer.params.update({k: v for k, v in self.redis_client_settings().items() if v})
         self.start_workers(redis_url)
         self.start_router()
 

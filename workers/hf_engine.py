@@ -173,7 +173,7 @@ class HfEngine(Engine):
 
     # -- score ---------------------------------------------------------------------------------
     async def score(self, prompt_ids: list[int], continuation_ids: list[int], top_k: int,
-                    candidate_ids: list[int]) -> ScoreResult:
+                    candidate_ids: list[int], cache_salt: str = "") -> ScoreResult:  # no prefix cache: salt unused
         return await asyncio.to_thread(self.score_sync, prompt_ids, continuation_ids, top_k, candidate_ids)
 
     def score_sync(self, prompt_ids, continuation_ids, top_k, candidate_ids) -> ScoreResult:

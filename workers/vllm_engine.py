@@ -223,7 +223,7 @@ class VllmEngine(Engine):
         generated = 0
         cached = 0
         finished = False
-        stream = self._llm_generate(ids, params, request_id)
+        stream = self._llm_generate(ids, params, request_id, cache_salt=sampling.cache_salt)
         try:
             async for out in stream:
                 comp = out.outputs[0]
@@ -257,7 +257,7 @@ class VllmEngine(Engine):
                 await self._llm.abort(request_id)
             await stream.aclose()
 
-    async def _llm_generate(self, ids: list[int], params, request_id: str):
+    async def _llm_generate(self, ids: list[int], params, request_id: str, cache_salt: str = ""):
         """`AsyncLLM.generate` with vLLM's errors mapped onto the worker's hierarchy."""
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
@@ -267,7 +267,7 @@ class VllmEngine(Engine):
             cause = repr(self._dead) if self._dead is not None else "its engine-core process exited"
             raise EngineDead(f"{self.spec.name}: the vLLM engine has stopped ({cause}); the worker must restart")
         try:
-            async with contextlib.aclosing(self._llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id)) as outs:
+            async with contextlib.aclosing(self._llm.generate(_tokens_prompt(TokensPrompt, ids, cache_salt), params, request_id)) as outs:
                 async for out in outs:
                     yield out
         except EngineDeadError as e:
@@ -283,14 +283,14 @@ class VllmEngine(Engine):
                 raise EngineDead(f"{self.spec.name}: the vLLM engine failed ({e}); the worker must restart") from e
             raise WorkerError(f"{self.spec.name}: generation failed: {e}") from e
 
-    async def _run_once(self, ids: list[int], params) -> object:
+    async def _run_once(self, ids: list[int], params, cache_salt: str = "") -> object:
         """Run one non-streaming request to completion and return its last RequestOutput."""
         from vllm.sampling_params import RequestOutputKind
 
         params.output_kind = RequestOutputKind.FINAL_ONLY
         request_id = f"score-{uuid.uuid4().hex}"
         last = None
-        stream = self._llm_generate(ids, params, request_id)
+        stream = self._llm_generate(ids, params, request_id, cache_salt=cache_salt)
         try:
             async for out in stream:
                 last = out
@@ -303,7 +303,8 @@ class VllmEngine(Engine):
 
     # -- score ---------------------------------------------------------------------------------
     async def score(
-        self, prompt_ids: list[int], continuation_ids: list[int], top_k: int, candidate_ids: list[int]
+        self, prompt_ids: list[int], continuation_ids: list[int], top_k: int, candidate_ids: list[int],
+        cache_salt: str = "",
     ) -> ScoreResult:
         from vllm.sampling_params import SamplingParams
 
@@ -325,7 +326,7 @@ class VllmEngine(Engine):
             if top_k == 0 and candidate_ids else None,
             detokenize=False,
         )
-        out = await self._run_once(ids, first)
+        out = await self._run_once(ids, first, cache_salt)
         decode = self._token_text
         cont = []
         if continuation_ids:
@@ -342,7 +343,8 @@ class VllmEngine(Engine):
         if missing:
             chunks = [missing[i:i + MAX_CANDIDATES_PER_REQUEST] for i in range(0, len(missing), MAX_CANDIDATES_PER_REQUEST)]
             outs = await asyncio.gather(*(
-                self._run_once(ids, SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=chunk, detokenize=False))
+                self._run_once(ids, SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=chunk, detokenize=False),
+                               cache_salt)
                 for chunk in chunks
             ))
             for o in outs:
@@ -449,3 +451,9 @@ def _tokenizer_id(tokenizer) -> str:
     from workers.hf_engine import _tokenizer_id as hf_tokenizer_id
 
     return hf_tokenizer_id(tokenizer)
+
+
+def _tokens_prompt(cls, ids: list[int], cache_salt: str):
+    """vLLM's TokensPrompt; with a `cache_salt` (the tenant's), its prefix cache and the Redis KV
+    connector share blocks only with requests of the same salt."""
+    return cls(prompt_token_ids=ids, cache_salt=cache_salt) if cache_salt else cls(prompt_token_ids=ids)

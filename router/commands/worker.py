@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from workers.config import EngineConfig
 
@@ -33,16 +34,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace", type=float, default=30.0, help="seconds to drain in-flight requests on shutdown")
     p.add_argument("--replica-id", default=None, help="unique id of this replica (default host-pid)")
     p.add_argument("--ready-file", default=None, help="write the bound host:port here once serving")
-    p.add_argument("--config-json", default=None, help="full EngineConfig as JSON (overrides the flags above)")
+    p.add_argument("--config-json", default=None, help="full EngineConfig as JSON (overrides the flags above; "
+                   "visible in the process list: put nothing secret in it)")
+    p.add_argument("--config-file", default=None, help="full EngineConfig in a JSON file (overrides the flags and "
+                   "--config-json; what `thinkroute serve` uses, written 0600)")
+    p.add_argument("--tls-cert-file", default=None, help="PEM certificate chain: serve TLS only (with --tls-key-file)")
+    p.add_argument("--tls-key-file", default=None, help="PEM private key of --tls-cert-file (keep it mode 0600)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    p.add_argument("--tls-cert-file", default=None, help="PEM certificate chain: serve TLS only (with --tls-key-file)")
-    p.add_argument("--tls-key-file", default=None, help="PEM private key of --tls-cert-file (keep it mode 0600)")
     from workers.server import serve_worker
 
-    if args.config_json:
+    if args.config_file:
+        try:
+            text = Path(args.config_file).read_text()
+        except OSError as e:
+            print(f"thinkroute worker: error: cannot read --config-file {args.config_file}: {e.strerror}", file=sys.stderr)
+            return 2
+        cfg = EngineConfig.model_validate_json(text)
+    elif args.config_json:
         cfg = EngineConfig.model_validate_json(args.config_json)
     else:
         cfg = EngineConfig(

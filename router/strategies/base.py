@@ -125,7 +125,7 @@ class ModelAccess(Protocol):
 
     async def score(self, model: str, prompt: PromptInput, *, continuation_ids: list[int] | None,
                     continuation_text: str | None, top_k: int, candidate_ids: list[int],
-                    deadline: float) -> tuple[Scored, ModelCallRecord]: ...
+                    deadline: float, cache_salt: str = "") -> tuple[Scored, ModelCallRecord]: ...
 
     async def tokenize(self, model: str, prompt: PromptInput, *, deadline: float) -> list[int]: ...
 
@@ -257,9 +257,10 @@ class Context:
                     continuation_text: str | None = None, top_k: int = 0, candidate_ids: list[int] | None = None,
                     step: int = -1) -> Scored:
         try:
+            salt = {"cache_salt": self.cache_salt} if self.cache_salt else {}  # the tenant's, as in generate
             scored, record = await self.pool.score(
                 self.model(role), prompt, continuation_ids=continuation_ids, continuation_text=continuation_text,
-                top_k=top_k, candidate_ids=candidate_ids or [], deadline=self.deadline,
+                top_k=top_k, candidate_ids=candidate_ids or [], deadline=self.deadline, **salt,
             )
         except ModelCallError as e:
             raise e.at(role, step) from e
