@@ -62,7 +62,7 @@ class WeatherLog:
 
 
 def _check_loop(log: WeatherLog, answer: str) -> None:
-    assert len(log.cities) == 1 and isinstance(log.cities[0], str) and log.cities[0].strip(), log.cities
+    assert log.cities and all(isinstance(c, str) and c.strip() for c in log.cities), log.cities
     assert isinstance(answer, str) and answer.strip()
     assert "<tool_call>" not in answer
 
@@ -85,7 +85,8 @@ def _agents_setup(base_url: str, log: WeatherLog, model):
 
     agent = agents.Agent(name="weather", instructions=INSTRUCTIONS, tools=[get_weather], model=model,
                          reset_tool_choice=False,
-                         model_settings=agents.ModelSettings(tool_choice="required", temperature=0, max_tokens=64))
+                         model_settings=agents.ModelSettings(tool_choice="required", parallel_tool_calls=False,
+                                                             temperature=0, max_tokens=64))
     return agents, agent, AnswerAfterTheTool()
 
 
@@ -149,7 +150,8 @@ def test_langchain_create_agent_runs_a_tool_loop(base_url):
     @wrap_model_call
     def tool_then_answer(request, handler):
         used = any(isinstance(m, ToolMessage) for m in request.messages)
-        return handler(request.override(tool_choice="none" if used else "required"))
+        return handler(request.override(tool_choice="none" if used else "required",
+                                        model_settings={**request.model_settings, "parallel_tool_calls": False}))
 
     agent = lc_agents.create_agent(_chat_openai(base_url), tools=[get_weather], system_prompt=INSTRUCTIONS,
                                    middleware=[tool_then_answer])
@@ -186,7 +188,7 @@ def test_llamaindex_openai_like_calls_a_function_and_answers(base_url):
                           base_url, MODEL], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [c["name"] for c in result["calls"]] == ["get_weather"] and result["calls"][0]["id"]
+    assert result["calls"] and all(c["name"] == "get_weather" and c["id"] for c in result["calls"])
     assert set(result["calls"][0]["kwargs"]) == {"city"}
     log = WeatherLog()
     log.cities = result["cities"]
