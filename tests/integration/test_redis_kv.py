@@ -448,6 +448,31 @@ def test_store_treats_a_slow_redis_as_a_miss(own_redis):
     assert time.monotonic() - t0 < 1.0 and st.stats.errors == 1
 
 
+def test_store_over_tls_with_auth_and_what_is_refused(tmp_path):
+    """redis-server 7.0 from Debian/Ubuntu is built with TLS: a TLS-only port with requirepass. Clients
+    with the password and the CA work; plaintext, an untrusted certificate or no password are misses."""
+    from router.redis_server import RedisServer, free_port, self_signed_tls
+    from workers.kv.store import RedisStore, StoreConfig
+
+    tls = self_signed_tls(tmp_path / "tls")
+    with RedisServer(free_port(), tmp_path / "r", maxmemory_bytes=16 << 20, password=PASSWORD, tls=tls) as srv:
+        assert srv.url.startswith("rediss://")
+        ok = RedisStore(StoreConfig(url=srv.url, password_env="THINKROUTE_REDIS_PASSWORD", tls_ca_file=tls.ca_file))
+        assert ok.set_many([(b"k", b"v")]) and ok.mget([b"k"]) == [b"v"]
+        plain_url = srv.url.replace("rediss://", "redis://")
+        refused = [
+            StoreConfig(url=plain_url, password_env="THINKROUTE_REDIS_PASSWORD"),  # no TLS
+            StoreConfig(url=srv.url, password_env="THINKROUTE_REDIS_PASSWORD"),  # server cert not trusted
+            StoreConfig(url=srv.url, tls_ca_file=tls.ca_file),  # no password
+        ]
+        for cfg in refused:
+            st = RedisStore(cfg)
+            assert st.mget([b"k"]) == [None] and st.count_leading([b"k"]) == 0 and st.stats.errors == 1
+        # the same through `tls: true` on a redis:// URL
+        forced = RedisStore(StoreConfig(url=plain_url, tls=True, tls_ca_file=tls.ca_file, password_env="THINKROUTE_REDIS_PASSWORD"))
+        assert forced.mget([b"k"]) == [b"v"]
+
+
 def test_index_feeds_the_scorer_with_real_redis(own_redis):
     from router.scorers.prefix import PrefixAffinityScorer
     from workers.kv.index import PrefixIndex
