@@ -6,7 +6,11 @@ step-by-step greedy output for the same prompts; the judge score read through `S
 direct transformers forward pass of the large model on the same token ids (1e-3); Speculative
 Thinking hands over only on keywords and records each takeover; CoThink / Hawkeye send the
 outline / CoT in the second model's prompt; a worker killed mid-strategy fails the request with
-an error naming the model and the step. Token caps are small: the file is about mechanics.
+an error naming the model and the step; a three-turn conversation with a system prompt reaches
+every call of every pair strategy whole. Over HTTP (real Ray Serve): for every strategy the
+streamed deltas concatenate to the non-streamed answer, and a request that tries to set a prompt
+template gets a 400 while the router replica's memory stays flat. Token caps are small: the file
+is about mechanics.
 """
 from __future__ import annotations
 
@@ -24,12 +28,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 from router.errors import ModelCallError  # noqa: E402
 from router.pool import WorkerPool  # noqa: E402
 from router.strategies import get_strategy  # noqa: E402
-from router.strategies.base import Context  # noqa: E402
+from router.strategies.base import Context, PromptBuilder, fill_template  # noqa: E402
 from router.strategies.specreason import DIGITS  # noqa: E402
 from router.strategies.steps import SPECREASON_PROMPT, judge_prompt, step_prompt  # noqa: E402
 from router.trace import Trace  # noqa: E402
 from router.types import RouteQuery  # noqa: E402
-from workers.types import Sampling  # noqa: E402
+from workers.types import ChatMessage, Sampling  # noqa: E402
 
 SMALL, LARGE = "smollm2-135m", "gemma3-270m"
 QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have now?"
@@ -93,11 +97,12 @@ async def run(pool, name: str, options: dict, query: str = QUESTION, max_tokens:
 
 async def own_steps(pool, model: str, n_steps: int) -> list[str]:
     """The model's own greedy step-by-step output: the same prompts and stop, no other model."""
-    user_msg = SPECREASON_PROMPT.format(problem=QUESTION)
+    user_msg = fill_template(SPECREASON_PROMPT, problem=QUESTION)
+    conv = PromptBuilder(RouteQuery(query=QUESTION))
     steps: list[str] = []
     used = 0
     for _ in range(n_steps):
-        c, _ = await pool.generate(model, step_prompt(user_msg, steps),
+        c, _ = await pool.generate(model, step_prompt(conv, user_msg, steps),
                                    Sampling(max_tokens=min(STEP_TOKENS, MAX_TOKENS - used), stop=("\n\n",)),
                                    deadline=time.monotonic() + 120)
         steps.append(c.text)
@@ -139,8 +144,8 @@ async def test_judge_score_matches_a_transformers_forward_pass(pool):
     from workers.convert import materialize
     from workers.models import resolve_model
 
-    user_msg = SPECREASON_PROMPT.format(problem=QUESTION)
-    prompt = judge_prompt(user_msg, ["Tom starts with 3 apples.", "He buys 5 more, so 3 + 5 = 8."])
+    user_msg = fill_template(SPECREASON_PROMPT, problem=QUESTION)
+    prompt = judge_prompt(PromptBuilder(RouteQuery(query=QUESTION)), user_msg, ["Tom starts with 3 apples.", "He buys 5 more, so 3 + 5 = 8."])
     deadline = time.monotonic() + 120
     ids = await pool.tokenize(LARGE, prompt, deadline=deadline)
     digit_ids = [(await pool.tokenize(LARGE, _text(d), deadline=deadline))[-1] for d in DIGITS]
@@ -289,3 +294,160 @@ async def test_worker_killed_mid_strategy_names_model_and_step(pool, tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+# -- the whole conversation reaches the workers --------------------------------------------------
+
+SYSTEM = "You are a careful math tutor. Answer in one short paragraph."
+CONVERSATION = [
+    ChatMessage("system", SYSTEM),
+    ChatMessage("user", "What is 2 + 2?"),
+    ChatMessage("assistant", "2 + 2 = 4."),
+    ChatMessage("user", QUESTION),
+]
+PAIR_OPTIONS = {
+    "specreason": {"threshold": 5, "max_step_tokens": 8},
+    "specthink": {"negative_keywords": ["wait", "the", "a", "is"], "begin_large_tokens": 4, **SHORT},
+    "cothink": {"outline_tokens": 16},
+    "hawkeye": {"cot_tokens": 16},
+}
+
+
+class CallRecorder(RecordingPool):
+    """Passes calls to the real pool; keeps (model, prompt, prompt tokens the worker reported)."""
+
+    def __init__(self, pool) -> None:
+        super().__init__(pool)
+        self.seen: list[tuple[str, object, int]] = []
+
+    async def generate(self, model, prompt, sampling, **kw):
+        c, rec = await self.pool.generate(model, prompt, sampling, **kw)
+        self.seen.append((model, prompt, c.prompt_tokens))
+        return c, rec
+
+    async def score(self, model, prompt, **kw):
+        s, rec = await self.pool.score(model, prompt, **kw)
+        self.seen.append((model, prompt, s.prompt_tokens))
+        return s, rec
+
+
+@pytest.mark.parametrize("name", list(PAIR_OPTIONS))
+async def test_a_three_turn_conversation_reaches_every_call_whole(pool, name):
+    """Each prompt the workers got holds the system prompt, the first exchange and the last question
+    (inside the strategy's own turn), and the worker's own prompt-token count for it equals its
+    tokenization of that whole prompt (so nothing was cut on the way)."""
+    rec = CallRecorder(pool)
+    cls = get_strategy(name)
+    ctx = Context(rec, {"small": SMALL, "large": LARGE}, Trace(), time.monotonic() + 240)
+    query = RouteQuery(messages=list(CONVERSATION), max_tokens=MAX_TOKENS)
+    await cls(cls.parse_options(request=PAIR_OPTIONS[name])).answer(query, ctx)
+    assert len(rec.seen) >= 2
+    single = {}
+    for model, prompt, prompt_tokens in rec.seen:
+        msgs = list(prompt.messages)
+        assert msgs[:3] == CONVERSATION[:3], (name, msgs[:3])
+        assert msgs[3].role == "user" and QUESTION in msgs[3].content
+        assert prompt_tokens == len(await pool.tokenize(model, prompt, deadline=time.monotonic() + 60))
+        if model not in single:   # the same strategy turn without the history is shorter
+            alone = type(prompt)(messages=tuple(msgs[3:]), add_generation_prompt=prompt.add_generation_prompt,
+                                 continue_final_message=prompt.continue_final_message)
+            single[model] = len(await pool.tokenize(model, alone, deadline=time.monotonic() + 60))
+            assert prompt_tokens > single[model]
+    assert {m for m, _, _ in rec.seen} == {SMALL, LARGE}
+
+
+# -- over HTTP: real Ray Serve, the same workers ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def http_base(addresses):
+    """The router as a Ray Serve app on a free loopback HTTP port (no API keys: loopback clients)."""
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions
+
+    from router.config import load_config
+    from router.serve_app import build_app
+    from tests.conftest import free_port
+
+    config = load_config(overrides={"router.request_timeout_s": 240})
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port))
+        serve.run(build_app(config, {m: addresses[m] for m in (SMALL, LARGE)}), name="thinkroute", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+HTTP_OPTIONS = {"direct": {}, **PAIR_OPTIONS}
+
+
+@pytest.mark.parametrize("name", list(HTTP_OPTIONS))
+def test_http_streamed_deltas_concatenate_to_the_plain_answer(http_base, name):
+    import openai
+
+    client = openai.OpenAI(base_url=http_base + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=300)
+    kw = dict(model=f"strategy/{name}", messages=[{"role": "user", "content": QUESTION}], max_tokens=MAX_TOKENS,
+              temperature=0, seed=7, extra_body={"thinkroute": {"options": HTTP_OPTIONS[name]}})
+    plain = client.chat.completions.create(**kw).choices[0].message.content
+    deltas = [c.choices[0].delta.content for c in client.chat.completions.create(stream=True, **kw)
+              if c.choices and c.choices[0].delta.content]
+    assert plain, f"{name}: empty non-streamed answer"
+    assert "".join(deltas) == plain, (name, deltas, plain)
+
+
+def _replica_processes():
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline", "name"]):
+        title = " ".join(p.info.get("cmdline") or []) + " " + (p.info.get("name") or "")
+        if "ServeReplica" in title and "router" in title:
+            out.append(p)
+    return out
+
+
+def test_http_template_knob_is_refused_and_the_replica_memory_stays_flat(http_base):
+    """`{"outline_prompt": "{question}{question:>2000000000}"}` is a 400 naming the knob; the router
+    replica's peak RSS, sampled every 5 ms during the requests, stays within 64 MiB of where it was."""
+    import threading
+
+    import httpx
+
+    replicas = _replica_processes()
+    assert replicas, "no Ray Serve router replica process found"
+    base = {p.pid: p.memory_info().rss for p in replicas}
+    peak = dict(base)
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            for p in replicas:
+                try:
+                    peak[p.pid] = max(peak[p.pid], p.memory_info().rss)
+                except Exception:  # noqa: BLE001 - a vanished process shows up as a failed request
+                    pass
+            stop.wait(0.005)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        for knobs in ({"outline_prompt": "{question}{question:>2000000000}"},
+                      {"reasoner_prompt": "{question.__class__.__mro__}{outline}"}):
+            r = httpx.post(http_base + "/v1/chat/completions", timeout=120, json={
+                "model": "strategy/cothink", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8,
+                "thinkroute": {"options": knobs}})
+            assert r.status_code == 400, r.text
+            knob = next(iter(knobs))
+            assert knob in r.json()["error"]["message"] and "config only" in r.json()["error"]["message"]
+    finally:
+        stop.set()
+        t.join()
+    grew = {pid: (peak[pid] - base[pid]) / 2**20 for pid in base}
+    assert max(grew.values()) < 64, f"router replica RSS grew by {grew} MiB"
+    ok = httpx.post(http_base + "/v1/chat/completions", timeout=300, json={
+        "model": "strategy/cothink", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8,
+        "thinkroute": {"options": {"outline_tokens": 8}}})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
