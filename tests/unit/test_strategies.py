@@ -550,3 +550,38 @@ def test_rendered_text_is_the_question_alone_or_the_whole_conversation():
     for m in CONVERSATION:
         assert m.content in text
     assert text.startswith("System: You are a terse tutor.")
+
+
+@pytest.mark.parametrize("name", ["direct", *PAIRS])
+def test_http_adapter_streams_the_plain_answer_for_every_strategy(name):
+    """The OpenAI adapter and RouterCore over scripted models: streamed deltas == the plain answer
+    (the real-stack version is tests/integration/test_strategies.py)."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from router.config import load_config
+    from router.http_api import OpenAIFrontend, build_http_app
+    from router.service import RouterCore
+
+    class Pool(FakePool):
+        async def score(self, model, prompt, *, cache_salt="", **kw):
+            return await super().score(model, prompt, **kw)
+
+    config = load_config()
+    core = RouterCore(config, {m: ["127.0.0.1:1"] for m in config.models})
+    small, large = config.router.roles["small"], config.router.roles["large"]
+    core.pool = Pool({small: document(SMALL_STEPS, fallback="x\n\n"), large: document(LARGE_STEPS)}, judge={9: 1.0})
+    client = TestClient(build_http_app(OpenAIFrontend(core, config, {})), client=("127.0.0.1", 5555))
+    body = {"model": f"strategy/{name}", "messages": [{"role": "user", "content": "q"}], "max_tokens": 400}
+    plain = client.post("/v1/chat/completions", json=body)
+    assert plain.status_code == 200, plain.text
+    text = plain.json()["choices"][0]["message"]["content"]
+    deltas = []
+    for event in client.post("/v1/chat/completions", json={**body, "stream": True}).text.split("\n\n"):
+        if event.startswith("data: {"):
+            choices = json.loads(event[6:]).get("choices") or [{}]
+            deltas.append(choices[0].get("delta", {}).get("content") or "")
+    assert text and "".join(deltas) == text
+    if name in ("specreason", "specthink"):
+        assert len([d for d in deltas if d]) > 1
