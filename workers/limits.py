@@ -8,6 +8,7 @@ model); model-dependent checks (context length, vocabulary, layer range) follow 
 | field | bound |
 |---|---|
 | `request_id` | <= 128 characters |
+| `cache_salt` | <= MAX_CACHE_SALT_CHARS characters |
 | `prompt.text` | <= MAX_PROMPT_CHARS characters |
 | `prompt.token_ids.ids` | <= MAX_PROMPT_TOKEN_IDS ids |
 | `prompt.chat.messages` | 1 .. MAX_MESSAGES messages; all contents together <= MAX_PROMPT_CHARS characters |
@@ -50,6 +51,7 @@ MAX_CANDIDATE_IDS = 256
 MAX_HIDDEN_STATE_PROMPTS = 64
 MAX_LAYERS = 64
 MAX_POOLINGS = 4
+MAX_CACHE_SALT_CHARS = 256
 MAX_CONSTRAINT_CHARS = 64 * 1024
 MAX_REGEX_CHARS = 4 * 1024
 MAX_CHOICES = 256
@@ -118,6 +120,7 @@ def check_constraint(c) -> None:
 
 def check_generate(r: pb.GenerateRequest) -> None:
     check_request_id(r.request_id)
+    _at_most("cache_salt", len(getattr(r, "cache_salt", "")), MAX_CACHE_SALT_CHARS, "characters")
     check_prompt(r.prompt)
     check_sampling(r.sampling)
     if r.HasField("constraint"):
