@@ -79,8 +79,8 @@ class RouterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetDial(self, request, context):
-        """Admin: read or change the default dial (global or per tenant) at runtime.
-        Needs metadata `x-thinkroute-admin-token`.
+        """Admin: read or change the default dial (global or per tenant) at runtime. SetDial needs metadata
+        `x-thinkroute-admin-token`, over TLS or from the router's own host; GetDial of another tenant too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
