@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from thinkroute.v1 import worker_pb2 as thinkroute_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1athinkroute/v1/router.proto\x12\rthinkroute.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1athinkroute/v1/worker.proto\"\xeb\x02\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.thinkroute.v1.ChatMessage\x12\x10\n\x08strategy\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x31\n\x10strategy_options\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x13\n\x0btemperature\x18\x08 \x01(\x02\x12\r\n\x05top_p\x18\t \x01(\x02\x12\x11\n\x04seed\x18\n \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x11\n\x04\x64ial\x18\x0c \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06tenant\x18\r \x01(\t\x12\x10\n\x08max_cost\x18\x0e \x01(\x01\x12\x16\n\x0emax_latency_ms\x18\x0f \x01(\x01\x42\x07\n\x05_seedB\x07\n\x05_dial\"\xa6\x02\n\tModelCall\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07replica\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x05\x12\x12\n\nlatency_ms\x18\t \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\n \x01(\x01\x12\x15\n\rfinish_reason\x18\x0b \x01(\t\x12#\n\x1bremote_cached_prompt_tokens\x18\x0c \x01(\x05\x12\x10\n\x08\x61ttempts\x18\r \x01(\x05\"y\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x04 \x01(\x05\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x05\"\xc3\x01\n\x04Plan\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12/\n\x06models\x18\x02 \x03(\x0b\x32\x1f.thinkroute.v1.Plan.ModelsEntry\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04\x64ial\x18\x04 \x01(\x01\x12+\n\ncandidates\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x02\n\x05Trace\x12!\n\x04plan\x18\x01 \x01(\x0b\x32\x13.thinkroute.v1.Plan\x12\'\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32\x18.thinkroute.v1.ModelCall\x12(\n\x05usage\x18\x03 \x03(\x0b\x32\x19.thinkroute.v1.ModelUsage\x12\x33\n\x08stage_ms\x18\x04 \x03(\x0b\x32!.thinkroute.v1.Trace.StageMsEntry\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a.\n\x0cStageMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x83\x01\n\rRouteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x0c\x66inal_answer\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12#\n\x05trace\x18\x05 \x01(\x0b\x32\x14.thinkroute.v1.Trace\"V\n\x13RouteStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12+\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1c.thinkroute.v1.RouteResponse\".\n\x0eSetDialRequest\x12\x0c\n\x04\x64ial\x18\x01 \x01(\x01\x12\x0e\n\x06tenant\x18\x02 \x01(\t\" \n\x0eGetDialRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\",\n\x0c\x44ialResponse\x12\x0c\n\x04\x64ial\x18\x01 \x01(\x01\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x12\n\x10PoolStatsRequest\"\xd1\x01\n\tPoolStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x18\n\x10healthy_replicas\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x1e\n\x16generated_tokens_per_s\x18\x06 \x01(\x01\x12\x16\n\x0ep50_latency_ms\x18\x07 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x08 \x01(\x01\x12\x18\n\x10\x64\x65sired_replicas\x18\t \x01(\x05\"<\n\x11PoolStatsResponse\x12\'\n\x05pools\x18\x01 \x03(\x0b\x32\x18.thinkroute.v1.PoolStats2\x82\x03\n\x06Router\x12\x45\n\x08Generate\x12\x1b.thinkroute.v1.RouteRequest\x1a\x1c.thinkroute.v1.RouteResponse\x12S\n\x0eGenerateStream\x12\x1b.thinkroute.v1.RouteRequest\x1a\".thinkroute.v1.RouteStreamResponse0\x01\x12\x45\n\x07SetDial\x12\x1d.thinkroute.v1.SetDialRequest\x1a\x1b.thinkroute.v1.DialResponse\x12\x45\n\x07GetDial\x12\x1d.thinkroute.v1.GetDialRequest\x1a\x1b.thinkroute.v1.DialResponse\x12N\n\tPoolStats\x12\x1f.thinkroute.v1.PoolStatsRequest\x1a .thinkroute.v1.PoolStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1athinkroute/v1/router.proto\x12\rthinkroute.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1athinkroute/v1/worker.proto\"\xeb\x02\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.thinkroute.v1.ChatMessage\x12\x10\n\x08strategy\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x31\n\x10strategy_options\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x13\n\x0btemperature\x18\x08 \x01(\x02\x12\r\n\x05top_p\x18\t \x01(\x02\x12\x11\n\x04seed\x18\n \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x11\n\x04\x64ial\x18\x0c \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06tenant\x18\r \x01(\t\x12\x10\n\x08max_cost\x18\x0e \x01(\x01\x12\x16\n\x0emax_latency_ms\x18\x0f \x01(\x01\x42\x07\n\x05_seedB\x07\n\x05_dial\"\xbf\x02\n\tModelCall\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07replica\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x05\x12\x12\n\nlatency_ms\x18\t \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\n \x01(\x01\x12\x15\n\rfinish_reason\x18\x0b \x01(\t\x12#\n\x1bremote_cached_prompt_tokens\x18\x0c \x01(\x05\x12\x10\n\x08\x61ttempts\x18\r \x01(\x05\x12\x17\n\x0fthinking_tokens\x18\x0e \x01(\x05\"\x92\x01\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x04 \x01(\x05\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x05\x12\x17\n\x0fthinking_tokens\x18\x06 \x01(\x05\"\xc3\x01\n\x04Plan\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12/\n\x06models\x18\x02 \x03(\x0b\x32\x1f.thinkroute.v1.Plan.ModelsEntry\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04\x64ial\x18\x04 \x01(\x01\x12+\n\ncandidates\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x02\n\x05Trace\x12!\n\x04plan\x18\x01 \x01(\x0b\x32\x13.thinkroute.v1.Plan\x12\'\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32\x18.thinkroute.v1.ModelCall\x12(\n\x05usage\x18\x03 \x03(\x0b\x32\x19.thinkroute.v1.ModelUsage\x12\x33\n\x08stage_ms\x18\x04 \x03(\x0b\x32!.thinkroute.v1.Trace.StageMsEntry\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a.\n\x0cStageMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x83\x01\n\rRouteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x0c\x66inal_answer\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12#\n\x05trace\x18\x05 \x01(\x0b\x32\x14.thinkroute.v1.Trace\"V\n\x13RouteStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12+\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1c.thinkroute.v1.RouteResponse\".\n\x0eSetDialRequest\x12\x0c\n\x04\x64ial\x18\x01 \x01(\x01\x12\x0e\n\x06tenant\x18\x02 \x01(\t\" \n\x0eGetDialRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\",\n\x0c\x44ialResponse\x12\x0c\n\x04\x64ial\x18\x01 \x01(\x01\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x12\n\x10PoolStatsRequest\"\xd1\x01\n\tPoolStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x18\n\x10healthy_replicas\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x1e\n\x16generated_tokens_per_s\x18\x06 \x01(\x01\x12\x16\n\x0ep50_latency_ms\x18\x07 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x08 \x01(\x01\x12\x18\n\x10\x64\x65sired_replicas\x18\t \x01(\x05\"<\n\x11PoolStatsResponse\x12\'\n\x05pools\x18\x01 \x03(\x0b\x32\x18.thinkroute.v1.PoolStats2\x82\x03\n\x06Router\x12\x45\n\x08Generate\x12\x1b.thinkroute.v1.RouteRequest\x1a\x1c.thinkroute.v1.RouteResponse\x12S\n\x0eGenerateStream\x12\x1b.thinkroute.v1.RouteRequest\x1a\".thinkroute.v1.RouteStreamResponse0\x01\x12\x45\n\x07SetDial\x12\x1d.thinkroute.v1.SetDialRequest\x1a\x1b.thinkroute.v1.DialResponse\x12\x45\n\x07GetDial\x12\x1d.thinkroute.v1.GetDialRequest\x1a\x1b.thinkroute.v1.DialResponse\x12N\n\tPoolStats\x12\x1f.thinkroute.v1.PoolStatsRequest\x1a .thinkroute.v1.PoolStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,33 +40,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTEREQUEST']._serialized_start=104
   _globals['_ROUTEREQUEST']._serialized_end=467
   _globals['_MODELCALL']._serialized_start=470
-  _globals['_MODELCALL']._serialized_end=764
-  _globals['_MODELUSAGE']._serialized_start=766
-  _globals['_MODELUSAGE']._serialized_end=887
-  _globals['_PLAN']._serialized_start=890
-  _globals['_PLAN']._serialized_end=1085
-  _globals['_PLAN_MODELSENTRY']._serialized_start=1040
-  _globals['_PLAN_MODELSENTRY']._serialized_end=1085
-  _globals['_TRACE']._serialized_start=1088
-  _globals['_TRACE']._serialized_end=1356
-  _globals['_TRACE_STAGEMSENTRY']._serialized_start=1310
-  _globals['_TRACE_STAGEMSENTRY']._serialized_end=1356
-  _globals['_ROUTERESPONSE']._serialized_start=1359
-  _globals['_ROUTERESPONSE']._serialized_end=1490
-  _globals['_ROUTESTREAMRESPONSE']._serialized_start=1492
-  _globals['_ROUTESTREAMRESPONSE']._serialized_end=1578
-  _globals['_SETDIALREQUEST']._serialized_start=1580
-  _globals['_SETDIALREQUEST']._serialized_end=1626
-  _globals['_GETDIALREQUEST']._serialized_start=1628
-  _globals['_GETDIALREQUEST']._serialized_end=1660
-  _globals['_DIALRESPONSE']._serialized_start=1662
-  _globals['_DIALRESPONSE']._serialized_end=1706
-  _globals['_POOLSTATSREQUEST']._serialized_start=1708
-  _globals['_POOLSTATSREQUEST']._serialized_end=1726
-  _globals['_POOLSTATS']._serialized_start=1729
-  _globals['_POOLSTATS']._serialized_end=1938
-  _globals['_POOLSTATSRESPONSE']._serialized_start=1940
-  _globals['_POOLSTATSRESPONSE']._serialized_end=2000
-  _globals['_ROUTER']._serialized_start=2003
-  _globals['_ROUTER']._serialized_end=2389
+  _globals['_MODELCALL']._serialized_end=789
+  _globals['_MODELUSAGE']._serialized_start=792
+  _globals['_MODELUSAGE']._serialized_end=938
+  _globals['_PLAN']._serialized_start=941
+  _globals['_PLAN']._serialized_end=1136
+  _globals['_PLAN_MODELSENTRY']._serialized_start=1091
+  _globals['_PLAN_MODELSENTRY']._serialized_end=1136
+  _globals['_TRACE']._serialized_start=1139
+  _globals['_TRACE']._serialized_end=1407
+  _globals['_TRACE_STAGEMSENTRY']._serialized_start=1361
+  _globals['_TRACE_STAGEMSENTRY']._serialized_end=1407
+  _globals['_ROUTERESPONSE']._serialized_start=1410
+  _globals['_ROUTERESPONSE']._serialized_end=1541
+  _globals['_ROUTESTREAMRESPONSE']._serialized_start=1543
+  _globals['_ROUTESTREAMRESPONSE']._serialized_end=1629
+  _globals['_SETDIALREQUEST']._serialized_start=1631
+  _globals['_SETDIALREQUEST']._serialized_end=1677
+  _globals['_GETDIALREQUEST']._serialized_start=1679
+  _globals['_GETDIALREQUEST']._serialized_end=1711
+  _globals['_DIALRESPONSE']._serialized_start=1713
+  _globals['_DIALRESPONSE']._serialized_end=1757
+  _globals['_POOLSTATSREQUEST']._serialized_start=1759
+  _globals['_POOLSTATSREQUEST']._serialized_end=1777
+  _globals['_POOLSTATS']._serialized_start=1780
+  _globals['_POOLSTATS']._serialized_end=1989
+  _globals['_POOLSTATSRESPONSE']._serialized_start=1991
+  _globals['_POOLSTATSRESPONSE']._serialized_end=2051
+  _globals['_ROUTER']._serialized_start=2054
+  _globals['_ROUTER']._serialized_end=2440
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ class RouteRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., query: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_worker_pb2.ChatMessage, _Mapping]]] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., strategy_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., dial: _Optional[float] = ..., tenant: _Optional[str] = ..., max_cost: _Optional[float] = ..., max_latency_ms: _Optional[float] = ...) -> None: ...
 
 class ModelCall(_message.Message):
-    __slots__ = ("model", "role", "replica", "kind", "step", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "latency_ms", "time_to_first_token_ms", "finish_reason", "remote_cached_prompt_tokens", "attempts")
+    __slots__ = ("model", "role", "replica", "kind", "step", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "latency_ms", "time_to_first_token_ms", "finish_reason", "remote_cached_prompt_tokens", "attempts", "thinking_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class ModelCall(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     REMOTE_CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    THINKING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     role: str
     replica: str
@@ -70,21 +71,24 @@ class ModelCall(_message.Message):
     finish_reason: str
     remote_cached_prompt_tokens: int
     attempts: int
-    def __init__(self, model: _Optional[str] = ..., role: _Optional[str] = ..., replica: _Optional[str] = ..., kind: _Optional[str] = ..., step: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., finish_reason: _Optional[str] = ..., remote_cached_prompt_tokens: _Optional[int] = ..., attempts: _Optional[int] = ...) -> None: ...
+    thinking_tokens: int
+    def __init__(self, model: _Optional[str] = ..., role: _Optional[str] = ..., replica: _Optional[str] = ..., kind: _Optional[str] = ..., step: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., finish_reason: _Optional[str] = ..., remote_cached_prompt_tokens: _Optional[int] = ..., attempts: _Optional[int] = ..., thinking_tokens: _Optional[int] = ...) -> None: ...
 
 class ModelUsage(_message.Message):
-    __slots__ = ("model", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "calls")
+    __slots__ = ("model", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "calls", "thinking_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
+    THINKING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt_tokens: int
     cached_prompt_tokens: int
     generated_tokens: int
     calls: int
-    def __init__(self, model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., calls: _Optional[int] = ...) -> None: ...
+    thinking_tokens: int
+    def __init__(self, model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., calls: _Optional[int] = ..., thinking_tokens: _Optional[int] = ...) -> None: ...
 
 class Plan(_message.Message):
     __slots__ = ("strategy", "models", "reason", "dial", "candidates")

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1athinkroute/v1/worker.proto\x12\rthinkroute.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"y\n\nChatPrompt\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.thinkroute.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\x12\x1e\n\x16\x63ontinue_final_message\x18\x03 \x01(\x08\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"y\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x17.thinkroute.v1.TokenIdsH\x00\x12)\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x19.thinkroute.v1.ChatPromptH\x00\x42\x06\n\x04kind\"r\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x07\n\x05_seed\"\xfe\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x06prompt\x18\x02 \x01(\x0b\x32\x15.thinkroute.v1.Prompt\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.thinkroute.v1.SamplingParams\x12=\n\nconstraint\x18\x04 \x01(\x0b\x32).thinkroute.v1.GenerateRequest.Constraint\x12\x12\n\ncache_salt\x18\x05 \x01(\t\x1a\x1d\n\nChoiceList\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\x1a\x8c\x01\n\nConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x02 \x01(\tH\x00\x12;\n\x06\x63hoice\x18\x03 \x01(\x0b\x32).thinkroute.v1.GenerateRequest.ChoiceListH\x00\x12\x11\n\x07grammar\x18\x04 \x01(\tH\x00\x42\x06\n\x04kind\"{\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x02 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x03 \x01(\x05\x12#\n\x1bremote_cached_prompt_tokens\x18\x04 \x01(\x05\"\xb4\x01\n\rGenerateFinal\x12\x32\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1b.thinkroute.v1.FinishReason\x12\x13\n\x0bstop_string\x18\x02 \x01(\t\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.thinkroute.v1.Usage\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x05 \x01(\x01\"f\n\x10GenerateResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12+\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1c.thinkroute.v1.GenerateFinal\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xd1\x01\n\x0cScoreRequest\x12%\n\x06prompt\x18\x01 \x01(\x0b\x32\x15.thinkroute.v1.Prompt\x12\x1b\n\x11\x63ontinuation_text\x18\x02 \x01(\tH\x00\x12\x33\n\x10\x63ontinuation_ids\x18\x03 \x01(\x0b\x32\x17.thinkroute.v1.TokenIdsH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x15\n\rcandidate_ids\x18\x05 \x03(\x05\x12\x12\n\ncache_salt\x18\x06 \x01(\tB\x0e\n\x0c\x63ontinuation\"\xd7\x01\n\rScoreResponse\x12\x31\n\x0c\x63ontinuation\x18\x01 \x03(\x0b\x32\x1b.thinkroute.v1.TokenLogprob\x12-\n\x08top_next\x18\x02 \x03(\x0b\x32\x1b.thinkroute.v1.TokenLogprob\x12/\n\ncandidates\x18\x03 \x03(\x0b\x32\x1b.thinkroute.v1.TokenLogprob\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\x05\"\xc8\x01\n\x12HiddenStateRequest\x12&\n\x07prompts\x18\x01 \x03(\x0b\x32\x15.thinkroute.v1.Prompt\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\'\n\x07pooling\x18\x03 \x01(\x0e\x32\x16.thinkroute.v1.Pooling\x12(\n\x08poolings\x18\x04 \x03(\x0e\x32\x16.thinkroute.v1.Pooling\x12\x13\n\x0buncertainty\x18\x05 \x01(\x08\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\"l\n\x11HiddenStateResult\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x05\x12\x0e\n\x06layers\x18\x03 \x03(\x05\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x13\n\x0buncertainty\x18\x05 \x03(\x02\"Z\n\x13HiddenStateResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .thinkroute.v1.HiddenStateResult\x12\x10\n\x08model_id\x18\x02 \x01(\t\"8\n\x0fTokenizeRequest\x12%\n\x06prompt\x18\x01 \x01(\x0b\x32\x15.thinkroute.v1.Prompt\"<\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x15\n\rrendered_text\x18\x02 \x01(\t\"\r\n\x0bInfoRequest\"\x96\x02\n\x0cInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0ctokenizer_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x19\n\x11has_chat_template\x18\x07 \x01(\x08\x12\x12\n\nvocab_size\x18\x08 \x01(\x05\x12\x13\n\x0bhidden_size\x18\t \x01(\x05\x12\x12\n\nnum_layers\x18\n \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x0b \x01(\x05\x12\x11\n\tmax_queue\x18\x0c \x01(\x05\x12\x12\n\nreplica_id\x18\r \x01(\t\"\r\n\x0bLoadRequest\"\x93\x01\n\x0cLoadResponse\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\x12\x11\n\tmax_queue\x18\x04 \x01(\x05\x12\x1e\n\x16generated_tokens_per_s\x18\x05 \x01(\x01\x12\x16\n\x0erequests_total\x18\x06 \x01(\x03*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*3\n\x07Pooling\x12\x16\n\x12POOLING_LAST_TOKEN\x10\x00\x12\x10\n\x0cPOOLING_MEAN\x10\x01\x32\xc0\x03\n\x06Worker\x12M\n\x08Generate\x12\x1e.thinkroute.v1.GenerateRequest\x1a\x1f.thinkroute.v1.GenerateResponse0\x01\x12\x42\n\x05Score\x12\x1b.thinkroute.v1.ScoreRequest\x1a\x1c.thinkroute.v1.ScoreResponse\x12T\n\x0bHiddenState\x12!.thinkroute.v1.HiddenStateRequest\x1a\".thinkroute.v1.HiddenStateResponse\x12K\n\x08Tokenize\x12\x1e.thinkroute.v1.TokenizeRequest\x1a\x1f.thinkroute.v1.TokenizeResponse\x12?\n\x04Info\x12\x1a.thinkroute.v1.InfoRequest\x1a\x1b.thinkroute.v1.InfoResponse\x12?\n\x04Load\x12\x1a.thinkroute.v1.LoadRequest\x1a\x1b.thinkroute.v1.LoadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1athinkroute/v1/worker.proto\x12\rthinkroute.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"y\n\nChatPrompt\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.thinkroute.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\x12\x1e\n\x16\x63ontinue_final_message\x18\x03 \x01(\x08\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"y\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x17.thinkroute.v1.TokenIdsH\x00\x12)\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x19.thinkroute.v1.ChatPromptH\x00\x42\x06\n\x04kind\"r\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x07\n\x05_seed\"\x90\x03\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x06prompt\x18\x02 \x01(\x0b\x32\x15.thinkroute.v1.Prompt\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.thinkroute.v1.SamplingParams\x12=\n\nconstraint\x18\x04 \x01(\x0b\x32).thinkroute.v1.GenerateRequest.Constraint\x12\x12\n\ncache_salt\x18\x05 \x01(\t\x12\x10\n\x08thinking\x18\x06 \x01(\t\x1a\x1d\n\nChoiceList\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\x1a\x8c\x01\n\nConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x02 \x01(\tH\x00\x12;\n\x06\x63hoice\x18\x03 \x01(\x0b\x32).thinkroute.v1.GenerateRequest.ChoiceListH\x00\x12\x11\n\x07grammar\x18\x04 \x01(\tH\x00\x42\x06\n\x04kind\"\x94\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x02 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x03 \x01(\x05\x12#\n\x1bremote_cached_prompt_tokens\x18\x04 \x01(\x05\x12\x17\n\x0fthinking_tokens\x18\x05 \x01(\x05\"\xb4\x01\n\rGenerateFinal\x12\x32\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1b.thinkroute.v1.FinishReason\x12\x13\n\x0bstop_string\x18\x02 \x01(\t\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.thinkroute.v1.Usage\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x05 \x01(\x01\"f\n\x10GenerateResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12+\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1c.thinkroute.v1.GenerateFinal\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xd1\x01\n\x0cScoreRequest\x12%\n\x06prompt\x18\x01 \x01(\x0b\x32\x15.thinkroute.v1.Prompt\x12\x1b\n\x11\x63ontinuation_text\x18\x02 \x01(\tH\x00\x12\x33\n\x10\x63ontinuation_ids\x18\x03 \x01(\x0b\x32\x17.thinkroute.v1.TokenIdsH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x15\n\rcandidate_ids\x18\x05 \x03(\x05\x12\x12\n\ncache_salt\x18\x06 \x01(\tB\x0e\n\x0c\x63ontinuation\"\xd7\x01\n\rScoreResponse\x12\x31\n\x0c\x63ontinuation\x18\x01 \x03(\x0b\x32\x1b.thinkroute.v1.TokenLogprob\x12-\n\x08top_next\x18\x02 \x03(\x0b\x32\x1b.thinkroute.v1.TokenLogprob\x12/\n\ncandidates\x18\x03 \x03(\x0b\x32\x1b.thinkroute.v1.TokenLogprob\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\x05\"\xc8\x01\n\x12HiddenStateRequest\x12&\n\x07prompts\x18\x01 \x03(\x0b\x32\x15.thinkroute.v1.Prompt\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\'\n\x07pooling\x18\x03 \x01(\x0e\x32\x16.thinkroute.v1.Pooling\x12(\n\x08poolings\x18\x04 \x03(\x0e\x32\x16.thinkroute.v1.Pooling\x12\x13\n\x0buncertainty\x18\x05 \x01(\x08\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\"l\n\x11HiddenStateResult\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x05\x12\x0e\n\x06layers\x18\x03 \x03(\x05\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x13\n\x0buncertainty\x18\x05 \x03(\x02\"Z\n\x13HiddenStateResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .thinkroute.v1.HiddenStateResult\x12\x10\n\x08model_id\x18\x02 \x01(\t\"8\n\x0fTokenizeRequest\x12%\n\x06prompt\x18\x01 \x01(\x0b\x32\x15.thinkroute.v1.Prompt\"<\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x15\n\rrendered_text\x18\x02 \x01(\t\"\r\n\x0bInfoRequest\"\x96\x02\n\x0cInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0ctokenizer_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x19\n\x11has_chat_template\x18\x07 \x01(\x08\x12\x12\n\nvocab_size\x18\x08 \x01(\x05\x12\x13\n\x0bhidden_size\x18\t \x01(\x05\x12\x12\n\nnum_layers\x18\n \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x0b \x01(\x05\x12\x11\n\tmax_queue\x18\x0c \x01(\x05\x12\x12\n\nreplica_id\x18\r \x01(\t\"\r\n\x0bLoadRequest\"\x93\x01\n\x0cLoadResponse\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\x12\x11\n\tmax_queue\x18\x04 \x01(\x05\x12\x1e\n\x16generated_tokens_per_s\x18\x05 \x01(\x01\x12\x16\n\x0erequests_total\x18\x06 \x01(\x03*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*3\n\x07Pooling\x12\x16\n\x12POOLING_LAST_TOKEN\x10\x00\x12\x10\n\x0cPOOLING_MEAN\x10\x01\x32\xc0\x03\n\x06Worker\x12M\n\x08Generate\x12\x1e.thinkroute.v1.GenerateRequest\x1a\x1f.thinkroute.v1.GenerateResponse0\x01\x12\x42\n\x05Score\x12\x1b.thinkroute.v1.ScoreRequest\x1a\x1c.thinkroute.v1.ScoreResponse\x12T\n\x0bHiddenState\x12!.thinkroute.v1.HiddenStateRequest\x1a\".thinkroute.v1.HiddenStateResponse\x12K\n\x08Tokenize\x12\x1e.thinkroute.v1.TokenizeRequest\x1a\x1f.thinkroute.v1.TokenizeResponse\x12?\n\x04Info\x12\x1a.thinkroute.v1.InfoRequest\x1a\x1b.thinkroute.v1.InfoResponse\x12?\n\x04Load\x12\x1a.thinkroute.v1.LoadRequest\x1a\x1b.thinkroute.v1.LoadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'thinkroute.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2757
-  _globals['_FINISHREASON']._serialized_end=2877
-  _globals['_POOLING']._serialized_start=2879
-  _globals['_POOLING']._serialized_end=2930
+  _globals['_FINISHREASON']._serialized_start=2801
+  _globals['_FINISHREASON']._serialized_end=2921
+  _globals['_POOLING']._serialized_start=2923
+  _globals['_POOLING']._serialized_end=2974
   _globals['_CHATMESSAGE']._serialized_start=45
   _globals['_CHATMESSAGE']._serialized_end=89
   _globals['_CHATPROMPT']._serialized_start=91
@@ -46,41 +46,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=362
   _globals['_SAMPLINGPARAMS']._serialized_end=476
   _globals['_GENERATEREQUEST']._serialized_start=479
-  _globals['_GENERATEREQUEST']._serialized_end=861
-  _globals['_GENERATEREQUEST_CHOICELIST']._serialized_start=689
-  _globals['_GENERATEREQUEST_CHOICELIST']._serialized_end=718
-  _globals['_GENERATEREQUEST_CONSTRAINT']._serialized_start=721
-  _globals['_GENERATEREQUEST_CONSTRAINT']._serialized_end=861
-  _globals['_USAGE']._serialized_start=863
-  _globals['_USAGE']._serialized_end=986
-  _globals['_GENERATEFINAL']._serialized_start=989
-  _globals['_GENERATEFINAL']._serialized_end=1169
-  _globals['_GENERATERESPONSE']._serialized_start=1171
-  _globals['_GENERATERESPONSE']._serialized_end=1273
-  _globals['_TOKENLOGPROB']._serialized_start=1275
-  _globals['_TOKENLOGPROB']._serialized_end=1339
-  _globals['_SCOREREQUEST']._serialized_start=1342
-  _globals['_SCOREREQUEST']._serialized_end=1551
-  _globals['_SCORERESPONSE']._serialized_start=1554
-  _globals['_SCORERESPONSE']._serialized_end=1769
-  _globals['_HIDDENSTATEREQUEST']._serialized_start=1772
-  _globals['_HIDDENSTATEREQUEST']._serialized_end=1972
-  _globals['_HIDDENSTATERESULT']._serialized_start=1974
-  _globals['_HIDDENSTATERESULT']._serialized_end=2082
-  _globals['_HIDDENSTATERESPONSE']._serialized_start=2084
-  _globals['_HIDDENSTATERESPONSE']._serialized_end=2174
-  _globals['_TOKENIZEREQUEST']._serialized_start=2176
-  _globals['_TOKENIZEREQUEST']._serialized_end=2232
-  _globals['_TOKENIZERESPONSE']._serialized_start=2234
-  _globals['_TOKENIZERESPONSE']._serialized_end=2294
-  _globals['_INFOREQUEST']._serialized_start=2296
-  _globals['_INFOREQUEST']._serialized_end=2309
-  _globals['_INFORESPONSE']._serialized_start=2312
-  _globals['_INFORESPONSE']._serialized_end=2590
-  _globals['_LOADREQUEST']._serialized_start=2592
-  _globals['_LOADREQUEST']._serialized_end=2605
-  _globals['_LOADRESPONSE']._serialized_start=2608
-  _globals['_LOADRESPONSE']._serialized_end=2755
-  _globals['_WORKER']._serialized_start=2933
-  _globals['_WORKER']._serialized_end=3381
+  _globals['_GENERATEREQUEST']._serialized_end=879
+  _globals['_GENERATEREQUEST_CHOICELIST']._serialized_start=707
+  _globals['_GENERATEREQUEST_CHOICELIST']._serialized_end=736
+  _globals['_GENERATEREQUEST_CONSTRAINT']._serialized_start=739
+  _globals['_GENERATEREQUEST_CONSTRAINT']._serialized_end=879
+  _globals['_USAGE']._serialized_start=882
+  _globals['_USAGE']._serialized_end=1030
+  _globals['_GENERATEFINAL']._serialized_start=1033
+  _globals['_GENERATEFINAL']._serialized_end=1213
+  _globals['_GENERATERESPONSE']._serialized_start=1215
+  _globals['_GENERATERESPONSE']._serialized_end=1317
+  _globals['_TOKENLOGPROB']._serialized_start=1319
+  _globals['_TOKENLOGPROB']._serialized_end=1383
+  _globals['_SCOREREQUEST']._serialized_start=1386
+  _globals['_SCOREREQUEST']._serialized_end=1595
+  _globals['_SCORERESPONSE']._serialized_start=1598
+  _globals['_SCORERESPONSE']._serialized_end=1813
+  _globals['_HIDDENSTATEREQUEST']._serialized_start=1816
+  _globals['_HIDDENSTATEREQUEST']._serialized_end=2016
+  _globals['_HIDDENSTATERESULT']._serialized_start=2018
+  _globals['_HIDDENSTATERESULT']._serialized_end=2126
+  _globals['_HIDDENSTATERESPONSE']._serialized_start=2128
+  _globals['_HIDDENSTATERESPONSE']._serialized_end=2218
+  _globals['_TOKENIZEREQUEST']._serialized_start=2220
+  _globals['_TOKENIZEREQUEST']._serialized_end=2276
+  _globals['_TOKENIZERESPONSE']._serialized_start=2278
+  _globals['_TOKENIZERESPONSE']._serialized_end=2338
+  _globals['_INFOREQUEST']._serialized_start=2340
+  _globals['_INFOREQUEST']._serialized_end=2353
+  _globals['_INFORESPONSE']._serialized_start=2356
+  _globals['_INFORESPONSE']._serialized_end=2634
+  _globals['_LOADREQUEST']._serialized_start=2636
+  _globals['_LOADREQUEST']._serialized_end=2649
+  _globals['_LOADRESPONSE']._serialized_start=2652
+  _globals['_LOADRESPONSE']._serialized_end=2799
+  _globals['_WORKER']._serialized_start=2977
+  _globals['_WORKER']._serialized_end=3425
 # @@protoc_insertion_point(module_scope)
