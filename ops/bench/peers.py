@@ -73,9 +73,11 @@ def start_all(procs: Procs, args, run_dir: Path, model_dir: Path, peers_python: 
     env_common = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     vport, wport = free_port(), free_port()
     vllm_env = {**env_common, "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GIB), "VLLM_USE_V2_MODEL_RUNNER": "0"}
-    vllm_bin = Path(sys.executable).parent / "vllm"
+    # NOTE(vllm-cpu 0.32.0): the `vllm serve` CLI looks up the package metadata of "vllm" and fails on a
+    # vllm-cpu install; its module entry point runs the same server (launchers.api_server.entry.run_server)
+    # but ignores the positional model (only `vllm serve` maps it onto --model).
     vllm = procs.start("vllm-serve", [
-        str(vllm_bin), "serve", str(model_dir), "--served-model-name", MODEL, "--host", "127.0.0.1",
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--served-model-name", MODEL, "--host", "127.0.0.1",
         "--port", str(vport), "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
         "--max-num-seqs", str(MAX_NUM_SEQS), "--enable-prefix-caching", "--no-enable-chunked-prefill",
         "--max-num-batched-tokens", str(max(MAX_MODEL_LEN, 2048)), "--max-logprobs", "128",

@@ -171,7 +171,8 @@ def http_ok(url: str, timeout_s: float = 2.0) -> bool:
 
 
 def tree_memory(root_pids: Sequence[int], extra_pids: Sequence[int] = ()) -> dict:
-    """RSS and PSS (MiB) of the given processes and all their descendants, each process counted once."""
+    """RSS and PSS (MiB) of the given processes and all their descendants, each process counted once, and the
+    addresses they listen on (`non_loopback_listening`: any that is not 127.x or ::1)."""
     import psutil
 
     procs: dict[int, psutil.Process] = {}
@@ -184,14 +185,19 @@ def tree_memory(root_pids: Sequence[int], extra_pids: Sequence[int] = ()) -> dic
             procs[q.pid] = q
     rss = pss = 0
     rows = []
+    listen: set[str] = set()
     for pid, q in procs.items():
         try:
             mi = q.memory_full_info()
             name = " ".join(q.cmdline()[:3])[:120] or q.name()
+            listen.update(f"{c.laddr.ip}:{c.laddr.port}" for c in q.net_connections(kind="inet")
+                          if c.status == psutil.CONN_LISTEN)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         rss += mi.rss
         pss += mi.pss
         rows.append({"pid": pid, "cmd": name, "rss_mib": round(mi.rss / 2**20, 1), "pss_mib": round(mi.pss / 2**20, 1)})
     rows.sort(key=lambda r: -r["pss_mib"])
-    return {"processes": len(rows), "rss_mib": rss / 2**20, "pss_mib": pss / 2**20, "detail": rows}
+    return {"processes": len(rows), "rss_mib": rss / 2**20, "pss_mib": pss / 2**20, "detail": rows,
+            "listening": sorted(listen),
+            "non_loopback_listening": sorted(a for a in listen if not a.startswith(("127.", "::1:")))}
