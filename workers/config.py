@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from workers.thinking import ThinkingConfig
+
 BACKENDS = ("vllm", "hf")
 
 
@@ -41,6 +43,10 @@ class EngineConfig(BaseModel):
     kv_connector: dict | Literal["redis"] | None = None
     """Shared prefix cache: `redis` = the Redis KV connector on the router's Redis (filled in by `thinkroute
     serve`), a full vLLM kv_transfer_config dict, or None = each engine's local prefix cache only."""
+
+    thinking: ThinkingConfig | None = None
+    """Reasoning modes: thinking delimiters (`start`, `end`), `modes` (off/on/budget/effort), how `off` is done
+    (`template` switch or `closed_span`), `effort` budgets. Overrides the registry's entry (workers/thinking.py)."""
 
     @model_validator(mode="after")
     def _check(self) -> "EngineConfig":

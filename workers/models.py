@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from workers.errors import UnknownModel
+from workers.thinking import ThinkingConfig
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class ModelSpec:
     prepend_bos: bool = False
     #: Model family, for tool-call formats and the like.
     family: str = ""
+    #: Reasoning modes and thinking delimiters (workers/thinking.py); None = no thinking modes. An engine
+    #: config's `thinking:` overrides it (`thinking_config`).
+    thinking: ThinkingConfig | None = None
 
 
 def _package_dir(module: str) -> Path:
@@ -73,6 +77,26 @@ MODELS: dict[str, ModelSpec] = {
         family="gemma3",
     ),
 }
+
+
+#: Reasoning-model families and how each serves the `thinking` modes. A model directory (or GGUF) of one
+#: of these families gets its entry through the engine config's `thinking:` (same fields).
+THINKING_FAMILIES: dict[str, ThinkingConfig] = {
+    # Qwen3 (hybrid): the chat template's enable_thinking switch; budget forcing on <think> ... </think>.
+    "qwen3": ThinkingConfig(start="<think>", end="</think>", modes=["off", "on", "budget", "effort"],
+                            off="template", template_kwarg="enable_thinking"),
+    # DeepSeek-R1 distills: always think; off by an immediately closed span (NoThinking prompting).
+    "deepseek-r1": ThinkingConfig(start="<think>", end="</think>", modes=["off", "on", "budget", "effort"],
+                                  off="closed_span"),
+    # QwQ: thinking only (no switch): off is refused.
+    "qwq": ThinkingConfig(start="<think>", end="</think>", modes=["on", "budget", "effort"]),
+}
+
+
+def thinking_config(spec: ModelSpec, override: ThinkingConfig | None = None) -> ThinkingConfig | None:
+    """The model's thinking config: the engine config's `thinking:` when set, else the registry entry's,
+    else its family's (THINKING_FAMILIES); None = the model serves no thinking mode."""
+    return override or spec.thinking or THINKING_FAMILIES.get(spec.family)
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:

@@ -36,8 +36,9 @@ class PromptRenderer:
         self.bos_id = tokenizer.bos_token_id
         self.vocab_size = len(tokenizer)
 
-    def render(self, prompt: PromptInput) -> RenderedPrompt:
-        """Raises InvalidRequest for an empty prompt, bad roles or out-of-vocabulary ids."""
+    def render(self, prompt: PromptInput, template_kwargs: dict[str, bool] | None = None) -> RenderedPrompt:
+        """Raises InvalidRequest for an empty prompt, bad roles or out-of-vocabulary ids. `template_kwargs`
+        (chat prompts only: e.g. Qwen3's enable_thinking) are extra chat-template variables."""
         kind = _kind(prompt)
         if kind == "token_ids":
             ids = list(prompt.token_ids or ())
@@ -55,7 +56,8 @@ class PromptRenderer:
             if not text.strip():
                 raise InvalidRequest("prompt.text is empty: send a non-blank prompt")
         else:
-            text = self.render_chat(prompt.messages or (), prompt.add_generation_prompt, prompt.continue_final_message)
+            text = self.render_chat(prompt.messages or (), prompt.add_generation_prompt, prompt.continue_final_message,
+                                    template_kwargs)
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if self.prepend_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
             ids = [self.bos_id, *ids]
@@ -64,7 +66,8 @@ class PromptRenderer:
         return RenderedPrompt(text=text, token_ids=ids)
 
     def render_chat(
-        self, messages: tuple[ChatMessage, ...] | list[ChatMessage], add_generation_prompt: bool, continue_final: bool
+        self, messages: tuple[ChatMessage, ...] | list[ChatMessage], add_generation_prompt: bool, continue_final: bool,
+        template_kwargs: dict[str, bool] | None = None,
     ) -> str:
         if not messages:
             raise InvalidRequest("prompt.chat.messages is empty: send at least one message")
@@ -81,6 +84,7 @@ class PromptRenderer:
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final,
+                **(template_kwargs or {}),
             )
         return plain_chat(messages, add_generation_prompt, continue_final)
 

@@ -28,11 +28,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from thinkroute.v1 import worker_pb2 as pb
 from thinkroute.v1 import worker_pb2_grpc as pb_grpc
 
-from workers import limits, wire
+from workers import limits, thinking, wire
 from workers.config import EngineConfig
 from workers.engine import Engine
 from workers.errors import Draining, EngineDead, InvalidRequest, QueueFull, WorkerError
 from workers.prompts import PromptRenderer
+from workers.thinking import ThinkingConfig
 from workers.types import PromptInput, Sampling
 
 log = logging.getLogger("thinkroute.worker")
@@ -73,8 +74,10 @@ class Admission:
 
 class WorkerServicer(pb_grpc.WorkerServicer):
     def __init__(self, engine: Engine, renderer: PromptRenderer, cfg: EngineConfig, replica_id: str,
-                 health_servicer: health.HealthServicer) -> None:
+                 health_servicer: health.HealthServicer, thinking_cfg: ThinkingConfig | None = None) -> None:
         self.engine, self.renderer, self.cfg, self.replica_id = engine, renderer, cfg, replica_id
+        #: The model's reasoning modes (None = none): registry entry or the engine config's `thinking:`.
+        self.thinking_cfg = thinking_cfg
         self.health = health_servicer
         self.admission = Admission(engine.max_concurrency, cfg.max_queue)
         self.draining = False
@@ -89,12 +92,15 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         if not self.engine.healthy():
             raise EngineDead("the model engine of this worker died; it is restarting: retry on another replica")
 
-    def _prompt_ids(self, prompt: pb.Prompt) -> list[int]:
-        ids = self.renderer.render(wire.prompt_from_pb(prompt)).token_ids
+    def _prompt_ids(self, prompt: pb.Prompt, template_kwargs: dict[str, bool] | None = None) -> list[int]:
+        ids = self.renderer.render(wire.prompt_from_pb(prompt), template_kwargs).token_ids
         ctx = self.engine.info.context_length
         if len(ids) > ctx:
             raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model's context is {ctx} tokens: shorten it")
         return ids
+
+    def _encode(self, text: str) -> list[int]:
+        return self.renderer.tokenizer.encode(text, add_special_tokens=False)
 
     def _validate_sampling(self, s: Sampling, n_prompt: int) -> None:
         ctx = self.engine.info.context_length
@@ -128,18 +134,31 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         try:
             self._check_accepting()
             limits.check_generate(request)
-            ids = self._prompt_ids(request.prompt)
+            plan = thinking.resolve(request.thinking, self.thinking_cfg, self.engine.info.model_id,
+                                    chat_prompt=request.prompt.WhichOneof("kind") == "chat")
+            ids = self._prompt_ids(request.prompt, plan.template_kwargs if plan else None)
+            encode = self._encode
+            if plan is not None and plan.prompt_suffix:  # thinking off by an immediately closed span
+                ids += encode(plan.prompt_suffix)
             sampling = wire.sampling_from_pb(
                 request.sampling, request.constraint if request.HasField("constraint") else None)
             if request.cache_salt:  # prefix-cache isolation: travels beside the sampling parameters
                 if len(request.cache_salt) > 256:
                     raise InvalidRequest(f"cache_salt is {len(request.cache_salt)} characters; at most 256")
                 sampling = dataclasses.replace(sampling, cache_salt=request.cache_salt)
-            self._validate_sampling(sampling, len(ids))
+            forcing = plan is not None and plan.mode != "off"
+            # Budget forcing adds the span's markers around the generated tokens: they must fit too.
+            markers = len(encode(self.thinking_cfg.start + self.thinking_cfg.end + "\n")) if forcing else 0
+            self._validate_sampling(sampling, len(ids) + markers)
             request_id = request.request_id or uuid.uuid4().hex
             self.requests_total += 1
             async with self.admission.slot():
-                stream = self.engine.generate(request_id, ids, sampling)
+                if forcing:
+                    stream = thinking.generate_with_thinking(
+                        plan, self.thinking_cfg, request_id, ids, sampling, generate=self.engine.generate,
+                        encode=encode, context_length=self.engine.info.context_length)
+                else:
+                    stream = self.engine.generate(request_id, ids, sampling)
                 try:
                     async for chunk in stream:
                         msg = pb.GenerateResponse(text_delta=chunk.text, token_ids=chunk.token_ids)
@@ -263,7 +282,7 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
 
     from workers.backends import make_engine
     from workers.convert import materialize
-    from workers.models import resolve_model
+    from workers.models import resolve_model, thinking_config
 
     spec = resolve_model(cfg.model)
     model_dir = materialize(spec, _progress)
@@ -283,7 +302,7 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
     ])
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
-    servicer = WorkerServicer(engine, renderer, cfg, replica_id, health_servicer)
+    servicer = WorkerServicer(engine, renderer, cfg, replica_id, health_servicer, thinking_config(spec, cfg.thinking))
     pb_grpc.add_WorkerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = (server.add_secure_port(f"{host}:{port}", creds) if creds is not None

@@ -68,6 +68,8 @@ class Sampling:
     constraint: Constraint | None = None
     #: Prefix-cache isolation (vLLM `cache_salt`): prefixes are shared only between equal salts; "" = shared cache.
     cache_salt: str = ""
+    #: Reasoning mode (workers/thinking.py): off | on | budget=<N> | effort=<level>; "" = the model's default.
+    thinking: str = ""
 
     @property
     def greedy(self) -> bool:
@@ -87,6 +89,8 @@ class GenerateFinal:
     generated_tokens: int
     cached_prompt_tokens: int = 0
     remote_cached_prompt_tokens: int = 0
+    #: Of generated_tokens, those inside the thinking span (counted by the worker's budget forcing).
+    thinking_tokens: int = 0
     stop_string: str = ""
     time_to_first_token_ms: float = 0.0
     total_time_ms: float = 0.0

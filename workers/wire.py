@@ -96,6 +96,7 @@ def final_to_pb(f: GenerateFinal) -> pb.GenerateFinal:
             cached_prompt_tokens=f.cached_prompt_tokens,
             generated_tokens=f.generated_tokens,
             remote_cached_prompt_tokens=f.remote_cached_prompt_tokens,
+            thinking_tokens=f.thinking_tokens,
         ),
         time_to_first_token_ms=f.time_to_first_token_ms,
         total_time_ms=f.total_time_ms,
