@@ -134,7 +134,7 @@ class LocalHiddenStates:
         pooling: Sequence[str] = ("last",),
         max_tokens: int | None = None,
         uncertainty: bool = True,
-        batch_size: int = 16,
+        batch_size: int = 64,
         threads: int | None = None,
         progress: bool = True,
     ):

@@ -443,7 +443,15 @@ def evaluate(cfg: RoutingEvalConfig, data: Outcomes, feats: dict[str, np.ndarray
              progress: bool = True, methods: list[str] | None = None, bootstrap: int = 1000, decisions=None) -> dict:
     """Run every method on every fold; return per-method metrics with bootstrap intervals and the paired
     comparison of each probe with each baseline. `decisions`: an open text file for one JSON line per
-    (method, operating point, evaluation row)."""
+    (method, operating point, evaluation row). BLAS runs single-threaded here: the fits are many small
+    matrices, where multi-threaded BLAS only spins (50x slower measured on 2 contended cores)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _evaluate(cfg, data, feats, specs, folds, progress, methods, bootstrap, decisions)
+
+
+def _evaluate(cfg, data, feats, specs, folds, progress, methods, bootstrap, decisions) -> dict:
     from tqdm.auto import tqdm
 
     feats, specs = dict(feats), dict(specs)

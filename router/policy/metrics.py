@@ -113,10 +113,14 @@ def area_batch(xs, ys, c_lo, c_hi, grid: int = GRID) -> np.ndarray:
     val = np.max(np.where(X <= C * tol, Y, 0.0), axis=1)  # single points
     P = xs.shape[1]
     for i in range(P):
-        for j in range(P):
-            xi, xj, yi, yj = xs[:, i, None], xs[:, j, None], ys[:, i, None], ys[:, j, None]
-            ok = (xi < xj) & (xi <= c * tol) & (c <= xj)
-            mix = yi + (yj - yi) * (c - xi) / np.where(xj > xi, xj - xi, 1.0)
+        for j in range(i + 1, P):  # each unordered pair once: from its cheaper point to its dearer one
+            a, b = xs[:, i, None], xs[:, j, None]
+            swap = a > b
+            x0, x1 = np.where(swap, b, a), np.where(swap, a, b)
+            y0 = np.where(swap, ys[:, j, None], ys[:, i, None])
+            y1 = np.where(swap, ys[:, i, None], ys[:, j, None])
+            ok = (x0 < x1) & (x0 <= c * tol) & (c <= x1)
+            mix = y0 + (y1 - y0) * (c - x0) / np.where(x1 > x0, x1 - x0, 1.0)
             val = np.where(ok, np.maximum(val, mix), val)
     width = np.log(c_hi / c_lo)
     out = np.trapezoid(val, lg, axis=1) / np.where(width > 0, width, 1.0)

@@ -44,7 +44,7 @@ def cfg(**kw):
 def run(data, X, methods=None, decisions=None, c=None, folds=None):
     c = c or cfg()
     folds = folds or make_folds(len(data.texts), c.cv, data.groups, 0)
-    return evaluate(c, data, {"probe": X}, {"probe": (SPEC, "synthetic")}, folds, progress=False, methods=methods, bootstrap=300,
+    return evaluate(c, data, {"probe": X}, {"probe": (SPEC, "synthetic")}, folds, progress=False, methods=methods, bootstrap=200,
                     decisions=decisions)
 
 
