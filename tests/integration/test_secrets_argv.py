@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 PROMPT = ("Question: A farmer has 12 rows of apple trees with 15 trees in each row. Each tree gives 40 apples "
-          "and every apple is sold for 25 cents at the market on Saturday morning. ") * 6 + "\nAnswer:"
+          "and every apple is sold for 25 cents at the market on Saturday morning. ") * 12 + "\nAnswer:"
 
 
 def _cmdlines_of_group(pgid: int) -> dict[int, bytes]:
