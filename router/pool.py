@@ -172,7 +172,7 @@ class WorkerPool:
             record = ModelCallRecord(
                 model=model, role="", kind="generate", replica=replica.address, prompt_tokens=u.prompt_tokens,
                 cached_prompt_tokens=u.cached_prompt_tokens, remote_cached_prompt_tokens=u.remote_cached_prompt_tokens,
-                generated_tokens=u.generated_tokens, latency_ms=latency,
+                generated_tokens=u.generated_tokens, thinking_tokens=u.thinking_tokens, latency_ms=latency,
                 time_to_first_token_ms=first_ms or final.time_to_first_token_ms,
                 finish_reason=completion.finish_reason, attempts=attempt,
             )

@@ -18,6 +18,8 @@ class ModelCallRecord:
     cached_prompt_tokens: int = 0
     remote_cached_prompt_tokens: int = 0
     generated_tokens: int = 0
+    #: Of generated_tokens, those inside the thinking span (the answer is the rest).
+    thinking_tokens: int = 0
     latency_ms: float = 0.0
     time_to_first_token_ms: float = 0.0
     finish_reason: str = ""
@@ -35,7 +37,8 @@ class Trace:
         self.calls.append(record)
 
     def usage(self) -> list[dict[str, Any]]:
-        """Tokens per model, summed over every call (tokenize calls excluded)."""
+        """Tokens per model, summed over every call (tokenize calls excluded); thinking_tokens is the part
+        of generated_tokens inside thinking spans (answer tokens = generated_tokens - thinking_tokens)."""
         per: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for c in self.calls:
             if c.kind == "tokenize":
@@ -44,6 +47,7 @@ class Trace:
             u["prompt_tokens"] += c.prompt_tokens
             u["cached_prompt_tokens"] += c.cached_prompt_tokens
             u["generated_tokens"] += c.generated_tokens
+            u["thinking_tokens"] += c.thinking_tokens
             u["calls"] += 1
         return [{"model": m, **dict(u)} for m, u in per.items()]
 

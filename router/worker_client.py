@@ -95,6 +95,8 @@ class WorkerClient:
             req.constraint.CopyFrom(wire.constraint_to_pb(sampling.constraint))
         if sampling.cache_salt:  # so does the tenant's prefix-cache salt
             req.cache_salt = sampling.cache_salt
+        if sampling.thinking:  # and the reasoning mode (workers/thinking.py)
+            req.thinking = sampling.thinking
         return self.stub.Generate(req, timeout=timeout)
 
     async def score(self, prompt: PromptInput, *, continuation_ids: list[int] | None, continuation_text: str | None,

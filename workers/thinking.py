@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workers.errors import InvalidRequest
 from workers.types import FinishReason, GenerateChunk, GenerateFinal, Sampling
@@ -65,6 +65,14 @@ class ThinkingConfig(BaseModel):
     """The chat-template variable that switches thinking (off = false), for `off: template`."""
     effort: dict[Effort, int] = Field(default_factory=lambda: {"low": 256, "medium": 1024, "high": 4096})
     """Thinking budget (tokens) per effort level."""
+
+    @field_validator("modes", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v):
+        """YAML 1.1 reads unquoted `on` / `off` as booleans: take them as the mode names."""
+        if isinstance(v, list):
+            return [{True: "on", False: "off"}[m] if isinstance(m, bool) else m for m in v]
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "ThinkingConfig":

@@ -16,10 +16,11 @@ def usage_from_trace(trace: dict[str, Any], prices: dict[str, float] | None = No
     models: dict[str, dict[str, Any]] = {}
     for u in per:
         m = models.setdefault(u.get("model", ""), {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
-                                                    "calls": 0, "cost": 0.0})
+                                                    "reasoning_tokens": 0, "calls": 0, "cost": 0.0})
         m["prompt_tokens"] += u.get("prompt_tokens", 0)
         m["completion_tokens"] += u.get("generated_tokens", 0)
         m["cached_tokens"] += u.get("cached_prompt_tokens", 0)
+        m["reasoning_tokens"] += u.get("thinking_tokens", 0)
         m["calls"] += u.get("calls", 0)
     for name, m in models.items():
         m["cost"] = (m["prompt_tokens"] + m["completion_tokens"]) * prices.get(name, 0.0) / 1e6
@@ -28,6 +29,8 @@ def usage_from_trace(trace: dict[str, Any], prices: dict[str, float] | None = No
     unpriced = sorted(n for n in models if n not in prices)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": sum(m["cached_tokens"] for m in models.values())},
+            # Of completion_tokens, those the models spent thinking (OpenAI's reasoning_tokens).
+            "completion_tokens_details": {"reasoning_tokens": sum(m["reasoning_tokens"] for m in models.values())},
             "cost": sum(m["cost"] for m in models.values()), "models": models,
             "pricing": ("policy.prices (USD per million tokens)" if not unpriced
                         else f"no price configured for {unpriced} (policy.prices): counted as 0")}
