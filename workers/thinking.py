@@ -113,7 +113,7 @@ class ThinkingPlan:
 
 def parse_mode(value: str) -> tuple[str, str]:
     """("off"|"on"|"budget"|"effort", argument) from a request value; InvalidRequest naming the grammar."""
-    if len(value) > 32 or not _MODE_RE.match(value):
+    if len(value) > 32 or not _MODE_RE.fullmatch(value):
         raise InvalidRequest(
             f"thinking is {value[:32]!r}; use off, on, budget=<N> (1..{MAX_BUDGET}) or effort=<low|medium|high>")
     kind, _, arg = value.partition("=")

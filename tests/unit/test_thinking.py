@@ -59,7 +59,7 @@ def test_parse_mode_accepts_the_grammar_and_names_it_otherwise():
     assert parse_mode("off") == ("off", "")
     assert parse_mode("budget=512") == ("budget", "512")
     assert parse_mode("effort=high") == ("effort", "high")
-    for bad in ["", "budget=0", "budget=-1", "budget=99999", "effort=max", "ON", "on ", "budget=1e3", "x" * 100]:
+    for bad in ["", "budget=0", "budget=-1", "budget=99999", "effort=max", "ON", "on ", "on\n", "budget=1e3", "x" * 100]:
         with pytest.raises(InvalidRequest, match="budget=<N>|budget is"):
             parse_mode(bad)
 
@@ -141,3 +141,35 @@ def test_config_validation_and_registry_lookup():
     assert thinking_config(MODELS["smollm2-135m"]) is None
     assert thinking_config(MODELS["smollm2-135m"], CFG) is CFG
     assert supported_modes(CFG) == ["on", "budget=<N>", "effort=<low|medium|high>"]
+
+
+def test_router_side_counts_thinking_per_call_per_model_and_in_openai_usage():
+    from router.chat.usage import usage_from_trace
+    from router.router_wire import result_to_pb
+    from router.trace import ModelCallRecord, Trace
+    from router.types import RouteResult
+
+    trace = Trace(plan={"strategy": "direct", "models": {"model": "m"}})
+    trace.add_call(ModelCallRecord(model="m", role="model", kind="generate", prompt_tokens=10, generated_tokens=20,
+                                   thinking_tokens=12))
+    trace.add_call(ModelCallRecord(model="m", role="model", kind="generate", prompt_tokens=5, generated_tokens=4))
+    d = trace.to_dict()
+    assert d["usage"] == [{"model": "m", "prompt_tokens": 15, "cached_prompt_tokens": 0, "generated_tokens": 24,
+                           "thinking_tokens": 12, "calls": 2}]
+    usage = usage_from_trace(d)
+    assert usage["completion_tokens"] == 24 and usage["completion_tokens_details"] == {"reasoning_tokens": 12}
+    resp = result_to_pb(RouteResult(request_id="r", text="t", final_answer="t", finish_reason="stop", trace=d))
+    assert resp.trace.usage[0].thinking_tokens == 12 and resp.trace.calls[0].thinking_tokens == 12
+
+
+@pytest.mark.parametrize("value,ok", [("", True), ("off", True), ("budget=32768", True), ("effort=medium", True),
+                                      ("budget=32769", False), ("budget=0", False), ("{x}", False), ("on\n", False)])
+def test_direct_thinking_knob_is_bounded_by_its_schema(value, ok):
+    from router.errors import InvalidRoute
+    from router.strategies.direct import Direct
+
+    if ok:
+        assert Direct.parse_options({"thinking": value}).thinking == value
+    else:
+        with pytest.raises(InvalidRoute, match="thinking"):
+            Direct.parse_options({"thinking": value})
