@@ -173,3 +173,86 @@ def test_direct_thinking_knob_is_bounded_by_its_schema(value, ok):
     else:
         with pytest.raises(InvalidRoute, match="thinking"):
             Direct.parse_options({"thinking": value})
+
+
+class CharTokenizer:
+    """One id per character (the scripted engine's convention); a chat template that writes `U:{text}\\nA:`."""
+
+    bos_token_id = None
+    chat_template = "stand-in"
+
+    def __len__(self) -> int:
+        return 0x110000
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return encode(text)
+
+    def decode(self, ids) -> str:
+        return "".join(map(chr, ids))
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, continue_final_message=False,
+                            **kwargs):
+        assert "enable_thinking" not in kwargs  # the stand-in config has no template switch
+        return "".join(f"U:{m['content']}\n" for m in messages) + ("A:" if add_generation_prompt else "")
+
+
+class ScriptedServingEngine:
+    """The `Engine` interface over ScriptedEngine, for the worker server."""
+
+    max_concurrency = 4
+
+    def __init__(self, engine: ScriptedEngine) -> None:
+        from workers.types import EngineInfo
+
+        self.scripted = engine
+        self.info = EngineInfo(model_id="standin", tokenizer_id="chars", context_length=4096, backend="scripted",
+                               device="cpu", dtype="none", has_chat_template=True, vocab_size=0x110000,
+                               hidden_size=1, num_layers=1)
+
+    def generate(self, request_id, ids, sampling):
+        return self.scripted.generate(request_id, ids, sampling)
+
+    def healthy(self) -> bool:
+        return True
+
+
+async def test_worker_server_forces_the_budget_and_refuses_off_over_grpc():
+    """WorkerServicer on a real grpc.aio server, called by the router's WorkerClient: the request's thinking
+    value crosses the wire, the server resolves it against its thinking config, counts thinking tokens in
+    the final usage, and answers INVALID_ARGUMENT naming the model and modes for `off`."""
+    import grpc
+    from grpc_health.v1 import health
+
+    from router.worker_client import WorkerClient
+    from thinkroute.v1 import worker_pb2_grpc as pb_grpc
+    from workers.config import EngineConfig
+    from workers.prompts import PromptRenderer
+    from workers.server import WorkerServicer
+    from workers.types import ChatMessage, PromptInput
+
+    engine = ScriptedServingEngine(ScriptedEngine("thinking-a-long-time", "5 apples"))
+    servicer = WorkerServicer(engine, PromptRenderer(CharTokenizer(), chat=True, prepend_bos=False),
+                              EngineConfig(model="standin"), "r0", health.HealthServicer(), CFG)
+    server = grpc.aio.server()
+    pb_grpc.add_WorkerServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = WorkerClient(f"127.0.0.1:{port}")
+    prompt = PromptInput(messages=(ChatMessage("user", "apples?"),))
+    try:
+        msgs = [m async for m in client.generate(prompt, Sampling(max_tokens=30, thinking="budget=6"), timeout=10)]
+        assert "".join(m.text_delta for m in msgs) == "<t>thinki</t>\n5 apples"
+        usage = msgs[-1].final.usage
+        assert (usage.thinking_tokens, usage.generated_tokens) == (6, 14)
+        assert engine.scripted.calls[0][1] == encode("U:apples?\nA:<t>")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            [m async for m in client.generate(prompt, Sampling(max_tokens=30, thinking="off"), timeout=10)]
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details() == ("model 'standin' cannot serve thinking='off': it supports on, budget=<N>, "
+                                     "effort=<low|medium|high>")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            [m async for m in client.generate(prompt, Sampling(max_tokens=30, thinking="budget=1; x"), timeout=10)]
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "budget=<N>" in e.value.details()
+    finally:
+        await client.close()
+        await server.stop(0)
