@@ -260,7 +260,8 @@ def response_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     out = {"input_tokens": usage.get("prompt_tokens", 0),
            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
            "output_tokens": usage.get("completion_tokens", 0),
-           "output_tokens_details": {"reasoning_tokens": 0},
+           "output_tokens_details": {"reasoning_tokens": (usage.get("completion_tokens_details") or {}).get(
+               "reasoning_tokens", 0)},
            "total_tokens": usage.get("total_tokens", 0)}
     for key, value in usage.items():
         if key not in ("prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details",

@@ -256,3 +256,11 @@ async def test_worker_server_forces_the_budget_and_refuses_off_over_grpc():
     finally:
         await client.close()
         await server.stop(0)
+
+
+def test_responses_usage_carries_reasoning_tokens():
+    from router.responses_api import response_usage
+
+    out = response_usage({"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12,
+                          "completion_tokens_details": {"reasoning_tokens": 5}})
+    assert out["output_tokens"] == 9 and out["output_tokens_details"] == {"reasoning_tokens": 5}
