@@ -189,6 +189,8 @@ async def generate_with_thinking(
         return
     # The engine cut a matched end marker out of the text but kept its tokens; otherwise close the span here.
     closed_by_model = first.stop_string == cfg.end
+    if first.finish_reason == FinishReason.STOP and not first.stop_string and thought:
+        thought = thought[:-1]  # the model ended inside the span (EOS): continue from before its EOS token
     close_ids = encode("\n") if closed_by_model else encode(cfg.end + "\n")
     yield GenerateChunk(text=cfg.end + "\n")
     answer_ids = ids + thought + close_ids

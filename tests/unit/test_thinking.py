@@ -264,3 +264,20 @@ def test_responses_usage_carries_reasoning_tokens():
     out = response_usage({"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12,
                           "completion_tokens_details": {"reasoning_tokens": 5}})
     assert out["output_tokens"] == 9 and out["output_tokens_details"] == {"reasoning_tokens": 5}
+
+
+def test_an_eos_inside_the_span_is_not_carried_into_the_answer_prompt():
+    class EosEngine(ScriptedEngine):
+        async def generate(self, request_id, ids, s):
+            if self.calls:
+                async for c in super().generate(request_id, ids, s):
+                    yield c
+                return
+            self.calls.append((request_id, list(ids), s))
+            yield GenerateChunk(text="ab", token_ids=[ord("a"), ord("b"), 0])  # 0 = EOS
+            yield GenerateChunk(text="", final=GenerateFinal(finish_reason=FinishReason.STOP, prompt_tokens=len(ids),
+                                                             generated_tokens=3))
+    engine = EosEngine("", "ok")
+    chunks = run(resolve("budget=8", CFG, "m", chat_prompt=True), engine)
+    assert engine.calls[1][1] == encode("Q:<t>ab</t>\n")
+    assert chunks[-1].final.thinking_tokens == 3 and "".join(c.text for c in chunks) == "<t>ab</t>\nok"
