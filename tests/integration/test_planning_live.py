@@ -75,3 +75,22 @@ def test_artifact_refuses_another_models_hidden_states(artifact):
     path, _, _ = artifact
     with pytest.raises(ProbeModelMismatch, match="gemma3-270m"):
         Policy.load(path, model_id="gemma3-270m")
+
+
+def test_offline_features_equal_the_live_rpc(worker_addresses):
+    """Servability: the features route-eval trains on (LocalHiddenStates) are the numbers the worker's
+    HiddenState RPC returns for the same spec, every pooling and the uncertainty columns in one call."""
+    from probes.features import LocalHiddenStates, WorkerHiddenStates
+
+    texts = ["Natalia sold clips to 48 of her friends in April. How many clips did she sell?",
+             "Which of the following is a prime number?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"]
+    kw = dict(layers=(2, -1), pooling=("last", "mean"), max_tokens=16, uncertainty=True)
+    live = WorkerHiddenStates(worker_addresses["smollm2-135m"][0], progress=False, **kw)
+    local = LocalHiddenStates("smollm2-135m", progress=False, **kw)
+    try:
+        assert live.spec == local.spec
+        a, b = live.features(texts), local.features(texts)
+    finally:
+        live.close()
+    assert a.shape == b.shape == (2, 2 * 2 * 576 + 3)
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
