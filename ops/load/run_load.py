@@ -70,16 +70,17 @@ def start_stack(max_num_seqs: int, max_queue: int):
 
 
 def serve_pids() -> dict[str, list[int]]:
-    """Router replica and proxy processes of the local Ray Serve instance."""
-    from ray.util.state import list_actors
+    """Router replica and proxy processes of the local Ray Serve instance (Ray titles an actor's process
+    `ray::<class>`, e.g. `ray::ServeReplica:thinkroute:router`, `ray::ProxyActor`)."""
+    import psutil
 
     out: dict[str, list[int]] = {"router": [], "proxy": []}
-    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        name = a.class_name or ""
-        if "ServeReplica" in name and "router" in name:
-            out["router"].append(a.pid)
-        elif "ProxyActor" in name:
-            out["proxy"].append(a.pid)
+    for p in psutil.process_iter(["cmdline"]):
+        title = " ".join(p.info["cmdline"] or [])
+        if "ServeReplica:thinkroute:router" in title:
+            out["router"].append(p.pid)
+        elif "ProxyActor" in title:
+            out["proxy"].append(p.pid)
     return out
 
 
@@ -93,7 +94,7 @@ class RssSampler(threading.Thread):
         self.psutil = psutil
         self.groups, self.every_s = groups, every_s
         self.samples: list[dict] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def _rss(self, pids: list[int]) -> float:
         total = 0
@@ -107,13 +108,13 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         t0 = time.monotonic()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.samples.append({"t_s": round(time.monotonic() - t0, 1),
                                  **{k: round(self._rss(v), 1) for k, v in self.groups.items()}})
-            self._stop.wait(self.every_s)
+            self._halt.wait(self.every_s)
 
     def stop(self) -> list[dict]:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.samples
 
@@ -138,6 +139,8 @@ async def plan(args, grpc_addr: str, http_url: str, worker_pid: int) -> dict:
         # warm-up: one request each way (first-call costs are not load)
         await g_send(0)
         await h_send(0)
+        if args.soak_only:
+            return await soak_phase(args, g_send, worker_pid, args.soak_rate, out)
         sweep = []
         for rate in args.rates:
             s = arrivals("poisson", rate, args.run_s, args.max_requests, seed=1)
@@ -163,19 +166,27 @@ async def plan(args, grpc_addr: str, http_url: str, worker_pid: int) -> dict:
             print(table(bursts[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
         out["bursts"] = [asdict(r) for r in bursts]
         soak_rate = max(0.1, (best.offered_rate if best else args.rates[0]) / 2)
-        groups = {**serve_pids(), "worker": [worker_pid]}
-        sampler = RssSampler(groups, args.sample_s)
-        sampler.start()
-        s = arrivals("poisson", soak_rate, args.soak_s, 100_000, seed=3)
-        soak = await run_once(g_send, s, target="grpc", arrival="poisson (soak)", rate=soak_rate,
-                              duration_s=args.soak_s, slo_ms=args.slo_ms)
-        samples = sampler.stop()
-        print(table([soak]).splitlines()[-1], file=sys.stderr, flush=True)
-        out["soak"] = {"run": asdict(soak), "rss": summarize_rss(samples), "samples": samples}
-        out["tables"] = table([*sweep, http_run, *bursts, soak])
+        await soak_phase(args, g_send, worker_pid, soak_rate, out)
+        out["tables"] = table([*sweep, http_run, *bursts]) + "\n" + out["tables"].splitlines()[-1]
     finally:
         await g_close()
         await h_close()
+    return out
+
+
+async def soak_phase(args, send, worker_pid: int, rate: float, out: dict) -> dict:
+    """Poisson load for `--soak-s` seconds while the RSS of router, proxy and worker is sampled."""
+    groups = {**serve_pids(), "worker": [worker_pid]}
+    sampler = RssSampler(groups, args.sample_s)
+    sampler.start()
+    s = arrivals("poisson", rate, args.soak_s, 100_000, seed=3)
+    soak = await run_once(send, s, target="grpc", arrival="poisson (soak)", rate=rate, duration_s=args.soak_s,
+                          slo_ms=args.slo_ms)
+    samples = sampler.stop()
+    print(table([soak]).splitlines()[-1], file=sys.stderr, flush=True)
+    out["soak"] = {"run": asdict(soak), "rss": summarize_rss(samples), "samples": samples}
+    out["tables"] = table([soak])
+    out.setdefault("throughput_at_slo_rps", float("nan"))
     return out
 
 
@@ -191,6 +202,8 @@ def main() -> int:
     p.add_argument("--burst-every", type=float, default=10.0)
     p.add_argument("--soak-s", type=float, default=180.0)
     p.add_argument("--sample-s", type=float, default=5.0)
+    p.add_argument("--soak-only", action="store_true", help="skip the sweep, HTTP and burst phases")
+    p.add_argument("--soak-rate", type=float, default=0.5, help="Poisson rate of --soak-only (req/s)")
     p.add_argument("--max-num-seqs", type=int, default=8)
     p.add_argument("--max-queue", type=int, default=8)
     p.add_argument("--out", default="runs/load/run.json")
