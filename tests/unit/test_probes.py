@@ -122,6 +122,7 @@ def _artifact(tmp_path, spec, model_id="m1", plans=("a", "b")):
     from router.policy import Policy, SystemPrice
 
     X, y, tok = _data()
+    y, tok = np.resize(y.T, (len(plans), len(X))).T, np.resize(tok.T, (len(plans), len(X))).T
     pol = Policy.fit(X, y, tok, None, list(plans), {p: SystemPrice(1, 1) for p in plans}, spec, model_id,
                      probe_config=CFG)
     return str(pol.save(tmp_path / "art"))
@@ -156,3 +157,38 @@ def test_knn_router_same_contract_as_policy():
     P, C = knn.predict_arrays(X, np.full(60, 20.0), exclude_self=True)
     assert P.shape == (60, 2) and C.shape == (60, 2) and ((P[:, 0] > 0.5) == (X[:, 0] > 0)).mean() > 0.8
     np.testing.assert_allclose(C[:, 1], 5 * C[:, 0])
+
+
+def test_planning_policy_serves_the_artifact_spec_in_one_call_and_checks_the_served_model(tmp_path):
+    """The live path asks the drafter pool once per query for exactly the artifact's columns and refuses a
+    worker that serves another model (Info's model_id, not the pool name). The pool is a test double."""
+    import asyncio
+
+    from router.config import load_config
+    from router.errors import InvalidRoute
+    from router.policy.planning import PlanningPolicy
+    from router.types import RouteQuery
+
+    plans = list(load_config().policy.candidates)
+    path = _artifact(tmp_path, {**SPEC, "model_id": "smollm2-135m"}, "smollm2-135m", plans)
+    live = PlanningPolicy(load_config(overrides={"policy.artifact": path}))
+    assert live.request == {"layers": [4, -1], "pooling": ["last", "mean"], "uncertainty": True, "max_tokens": 0}
+
+    class Pool:
+        def __init__(self, served):
+            self.served, self.calls = served, []
+
+        async def served_model_id(self, model):
+            return self.served
+
+        async def hidden_features(self, model, prompts, request, *, deadline):
+            self.calls.append((model, request))
+            return [np.zeros(DIM, np.float32)], self.served, type("R", (), {"latency_ms": 1.0, "replica": "r0"})()
+
+    good = Pool("smollm2-135m")
+    plan = asyncio.run(live.plan(RouteQuery(query="What is 2+2?", dial=1.0), 1.0, None, good))
+    assert good.calls == [("smollm2-135m", live.request)] and plan.candidates["ranked"]
+    with pytest.raises(InvalidRoute, match="serves 'gemma3-270m'"):
+        asyncio.run(PlanningPolicy(load_config(overrides={"policy.artifact": path})).features(Pool("gemma3-270m"), "q", 0.0))
+    with pytest.raises(InvalidRoute, match="not one of|predicts plans"):
+        PlanningPolicy(load_config(overrides={"policy.artifact": _artifact(tmp_path / "y", {**SPEC, "model_id": "smollm2-135m"}, "smollm2-135m", plans[:2])}))
