@@ -219,6 +219,8 @@ class MethodSpec:
     #: "baseline", "reference" (the oracle ceiling).
     role: str = "baseline"
     servable: bool = False
+    #: ProbeConfig overrides (e.g. pca_dim) of a variant.
+    probe: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -270,7 +272,7 @@ def _fit_policy(ctx: FoldContext, m: MethodSpec, rows=None) -> Policy:
     d = ctx.data
     pcfg = PolicyConfig(**{**ctx.cfg.policy, **(m.policy or {})})
     return Policy.fit(ctx.feats[m.feature][rows], d.correct[rows], d.out_tokens[rows], _groups(d, rows), d.systems,
-                      ctx.cfg.prices(), spec, model_id, FeatureSelect(**(m.select or {})), ProbeConfig(**ctx.cfg.probe), pcfg)
+                      ctx.cfg.prices(), spec, model_id, FeatureSelect(**(m.select or {})), ProbeConfig(**{**ctx.cfg.probe, **(m.probe or {})}), pcfg)
 
 
 def _run_predictor(ctx: FoldContext, pred, X) -> FoldRun:
@@ -374,7 +376,8 @@ def method_specs(cfg: RoutingEvalConfig, feats: dict[str, np.ndarray]) -> list[M
             if extra:  # hidden states + other features: the router does not compute these live
                 out.append(MethodSpec(f"probe[{k}] (not servable)", "policy", f"concat:{k}", None, v.get("policy", {}), "probe-offline", False))
             else:
-                out.append(MethodSpec(f"probe[{k}]", "policy", "probe", v.get("select", cfg.select), v.get("policy", {}), "probe", True))
+                out.append(MethodSpec(f"probe[{k}]", "policy", "probe", v.get("select", cfg.select), v.get("policy", {}), "probe", True,
+                                      v.get("probe", {})))
         out.append(MethodSpec("noise", "policy", "noise", None))
     out.append(MethodSpec("length", "policy", "length", None))
     out.append(MethodSpec("base-rate", "policy", "none", None))
