@@ -38,7 +38,7 @@ class ModelPoolConfig(EngineConfig):
 
 class ScorerConfig(_Base):
     name: str
-    """Replica scorer: `load` (fewest requests in flight) or `prefix` (longest warm prefix in Redis)."""
+    """Replica scorer: `load` (fewest requests in flight), `prefix` (longest warm prefix in Redis) or `session` (one replica per agent session)."""
     weight: float = Field(1.0, ge=0)
     """Weight of this scorer in the pick (scores are in [0, 1])."""
     params: dict[str, Any] = Field(default_factory=dict)

@@ -65,7 +65,6 @@ class RouteQuery:
         return "\n\n".join(f"{m.role.capitalize()}: {m.content}" for m in msgs)
 
 
-
 @dataclass
 class Completion:
     """What one Generate call returned."""
