@@ -60,6 +60,8 @@ class RouterConfig(_Base):
     """Deadline of one routed request, all model calls included."""
     max_attempts: int = Field(3, ge=1)
     """Tries per model call over distinct replicas (only before any output was sent)."""
+    stream_stall_timeout_s: float = Field(15.0, gt=0, le=600)
+    """Longest silence between two messages of a started Generate stream before the call fails as UNAVAILABLE (and is retried elsewhere if nothing was sent yet)."""
     scorers: list[ScorerConfig] = Field(default_factory=lambda: [ScorerConfig(name="load")])
     """Replica scorers of the worker pool (filter -> weighted scorers -> pick)."""
 

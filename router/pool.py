@@ -44,7 +44,8 @@ class Replica:
 class WorkerPool:
     def __init__(self, replicas: dict[str, list[str]], scorers: list[tuple[ReplicaScorer, float]] | None = None,
                  max_attempts: int = 3, down_cooldown_s: float = 2.0,
-                 client_factory: Callable[[str], WorkerClient] = WorkerClient) -> None:
+                 client_factory: Callable[[str], WorkerClient] = WorkerClient,
+                 stream_stall_timeout_s: float = 15.0) -> None:
         if not replicas:
             raise ValueError("a worker pool needs at least one model with one replica")
         self.replicas: dict[str, list[Replica]] = {
@@ -53,6 +54,10 @@ class WorkerPool:
         self.scorers = scorers or [(LeastLoadScorer(), 1.0)]
         self.max_attempts = max_attempts
         self.down_cooldown_s = down_cooldown_s
+        #: Longest silence allowed between two messages of a Generate stream once it has started: a worker
+        #: that stops mid-stream (paused, wedged, its host gone) fails the call as UNAVAILABLE after this,
+        #: instead of holding the request until its deadline (gRPC keepalive does not end such a stream).
+        self.stream_stall_timeout_s = stream_stall_timeout_s
         self._infos: dict[str, ModelInfo] = {}
         self._token_cache: dict[tuple, list[int]] = {}
 
@@ -143,7 +148,7 @@ class WorkerPool:
             first_ms = 0.0
             stream = replica.client.generate(prompt, sampling, timeout=timeout)
             try:
-                async for msg in stream:
+                async for msg in self._unstalled(stream, replica):
                     if msg.text_delta:
                         if not first_ms:
                             first_ms = (time.perf_counter() - start) * 1e3
@@ -179,6 +184,28 @@ class WorkerPool:
             return completion, record
 
         return await self._with_retries(model, "generate", deadline, call, prompt)
+
+    async def _unstalled(self, stream, replica: Replica):
+        """Yield `stream`'s messages; after the first, a gap longer than `stream_stall_timeout_s` raises a
+        retryable UNAVAILABLE (the caller's retry rule then decides: retried only if nothing was emitted).
+        The wait for the first message is bounded by the call's deadline alone (a busy worker may queue it)."""
+        it = stream.__aiter__()
+        started = False
+        while True:
+            try:
+                if started:
+                    msg = await asyncio.wait_for(it.__anext__(), self.stream_stall_timeout_s)
+                else:
+                    msg = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                    details=f"worker {replica.address} sent nothing for {self.stream_stall_timeout_s:g} s "
+                            "mid-stream (router.stream_stall_timeout_s)") from None
+            started = True
+            yield msg
 
     async def score(self, model: str, prompt: PromptInput, *, continuation_ids: list[int] | None = None,
                     continuation_text: str | None = None, top_k: int = 0, candidate_ids: list[int] | None = None,

@@ -39,7 +39,8 @@ class RouterCore:
         if worker_tls is None:
             worker_tls = WorkerTls.from_files(config.tls.worker_ca_file, config.tls.worker_server_name)
         self.pool = WorkerPool(addresses, scorers=scorers, max_attempts=config.router.max_attempts,
-                               client_factory=lambda address: WorkerClient(address, worker_tls))
+                               client_factory=lambda address: WorkerClient(address, worker_tls),
+                               stream_stall_timeout_s=config.router.stream_stall_timeout_s)
         self.dials = DialStore(config.dial.default, config.dial.tenants)
         self.planner = Planner(config, self.dials, policy)
         self.replica_id = ""  # the Serve replica holding this core, reported in traces (details.router_replica)

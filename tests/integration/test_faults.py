@@ -2,7 +2,7 @@
 
 | fault | where | what must hold |
 |---|---|---|
-| worker paused mid-stream (SIGSTOP) | pool, with / without a delta callback | fails UNAVAILABLE within keepalive (about 15 s), or is retried elsewhere when nothing reached the caller; output equals the reference (xfail: known bug, see PAUSED_BUG) |
+| worker paused mid-stream (SIGSTOP) | pool, with / without a delta callback | fails UNAVAILABLE after `router.stream_stall_timeout_s` (15 s) of silence, or is retried elsewhere when nothing reached the caller; output equals the reference |
 | worker killed mid-stream (SIGKILL) | pool, with / without a delta callback | the same, at once |
 | worker killed between SpecReason steps | strategy over the pool | the next step runs on the other replica; the answer equals the fault-free run |
 | vLLM engine core killed | worker | the stream fails UNAVAILABLE, health says NOT_SERVING, the worker exits 3 |
@@ -147,16 +147,7 @@ def reference(survivor) -> str:
     return text
 
 
-PAUSED_BUG = pytest.mark.xfail(strict=True, reason=(
-    "known bug (router/pool.py + router/worker_client.py): a paused (SIGSTOPped) worker is not detected while a "
-    "stream waits on it; the request is held until its deadline (measured: 74 s with a delta callback, the whole "
-    "90 s deadline without one, then DEADLINE_EXCEEDED instead of a retry on the healthy replica). gRPC keepalive "
-    "(10 s + 5 s) does not end the stalled stream. Fix: a stall timeout between stream messages in "
-    "WorkerPool.generate that cancels the call and raises a retryable UNAVAILABLE."))
-
-
-@PAUSED_BUG
-async def test_paused_worker_with_a_callback_fails_within_keepalive_and_sends_nothing_twice(paused_victim, survivor,
+async def test_paused_worker_with_a_callback_fails_within_the_stall_timeout_and_sends_nothing_twice(paused_victim, survivor,
                                                                                               reference):
     before = requests_total(survivor)
     pool = pool_over(paused_victim, survivor, lambda: os.killpg(paused_victim.proc.pid, signal.SIGSTOP))
@@ -171,12 +162,11 @@ async def test_paused_worker_with_a_callback_fails_within_keepalive_and_sends_no
         os.killpg(paused_victim.proc.pid, signal.SIGCONT)
         await pool.close()
     assert err.value.grpc_code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"), err.value
-    assert elapsed < 40, f"a paused worker held the request for {elapsed:.0f} s (keepalive should end it at ~15 s)"
+    assert elapsed < 40, f"a paused worker held the request for {elapsed:.0f} s (the stream stall timeout should end it at ~15 s)"
     assert deltas.items and reference.startswith("".join(deltas.items)), "the deltas sent are not the reference's"
     assert requests_total(survivor) == before, "retried after a delta reached the caller (it would be sent twice)"
 
 
-@PAUSED_BUG
 async def test_paused_worker_without_a_callback_is_retried_and_the_answer_is_right(paused_victim, survivor,
                                                                                    reference):
     pool = pool_over(paused_victim, survivor, lambda: os.killpg(paused_victim.proc.pid, signal.SIGSTOP))
@@ -191,7 +181,7 @@ async def test_paused_worker_without_a_callback_is_retried_and_the_answer_is_rig
     assert pool.replicas["m"][0].client.fired, "the victim never streamed: the fault was not injected"
     assert record.attempts == 2 and record.replica == survivor.address
     assert completion.text == reference
-    assert elapsed < 40, f"the retry came {elapsed:.0f} s after the worker was paused (keepalive: ~15 s)"
+    assert elapsed < 40, f"the retry came {elapsed:.0f} s after the worker was paused (stall timeout: ~15 s)"
 
 
 async def test_killed_worker_with_a_callback_fails_at_once_and_sends_nothing_twice(victim_dir, survivor, reference):
