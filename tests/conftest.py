@@ -152,6 +152,28 @@ def worker_addresses(smollm2_vllm, gemma3_vllm) -> dict[str, list[str]]:
     return {"smollm2-135m": [smollm2_vllm.address], "gemma3-270m": [gemma3_vllm.address]}
 
 
+@pytest.fixture(scope="module")
+def openai_base_url(worker_addresses):
+    """The embedded default's router on Ray Serve's HTTP proxy (a local Ray per module): the OpenAI base URL."""
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions
+
+    from router.config import load_config
+    from router.serve_app import build_app
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port))
+        serve.run(build_app(load_config(overrides={"router.request_timeout_s": 120}), worker_addresses),
+                  name="thinkroute", route_prefix="/")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 @pytest.fixture
 def worker_log_dir(tmp_path) -> Path:
     return tmp_path / "workers"

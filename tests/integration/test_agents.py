@@ -20,7 +20,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -30,24 +30,8 @@ QUESTION = "What is the weather in Paris?"
 
 
 @pytest.fixture(scope="module")
-def base_url(worker_addresses):
-    import ray
-    from ray import serve
-    from ray.serve.config import HTTPOptions
-
-    from router.config import load_config
-    from router.serve_app import build_app
-
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port))
-        serve.run(build_app(load_config(overrides={"router.request_timeout_s": 120}), worker_addresses),
-                  name="thinkroute", route_prefix="/")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def base_url(openai_base_url):
+    return openai_base_url
 
 
 class WeatherLog:

@@ -11,7 +11,6 @@ import json
 import openai
 import pytest
 
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -21,24 +20,8 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Current we
 
 
 @pytest.fixture(scope="module")
-def base_url(worker_addresses):
-    import ray
-    from ray import serve
-    from ray.serve.config import HTTPOptions
-
-    from router.config import load_config
-    from router.serve_app import build_app
-
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port))
-        serve.run(build_app(load_config(overrides={"router.request_timeout_s": 120}), worker_addresses),
-                  name="thinkroute", route_prefix="/")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def base_url(openai_base_url):
+    return openai_base_url
 
 
 @pytest.fixture(scope="module")
