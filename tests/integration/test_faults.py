@@ -36,7 +36,7 @@ from router.pool import WorkerPool
 from tests.conftest import REPO, WorkerHandle, free_port, start_worker
 from workers.types import ChatMessage, PromptInput, Sampling
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~10 min on 2 cores: `ops/test.sh tests`
 
 STORY = PromptInput(messages=(ChatMessage("user", "Write a long story about a robot who learns to paint."),))
 LONG = Sampling(max_tokens=64)
