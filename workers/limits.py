@@ -88,7 +88,8 @@ def check_prompt(p: pb.Prompt, field: str = "prompt") -> None:
 def check_sampling(s: pb.SamplingParams) -> None:
     """Range and size bounds of SamplingParams (the context-length check needs the prompt; see the server)."""
     if not 0 < s.max_tokens <= MAX_TOKENS:
-        raise InvalidRequest(f"sampling.max_tokens must be in [1, {MAX_TOKENS}] (got {s.max_tokens})")
+        raise InvalidRequest(f"sampling.max_tokens must be in [1, {MAX_TOKENS}] (got {s.max_tokens}), and the prompt "
+                             "plus max_tokens must fit the model's context")
     if not math.isfinite(s.temperature) or not 0 <= s.temperature <= MAX_TEMPERATURE:
         raise InvalidRequest(f"sampling.temperature must be in [0, {MAX_TEMPERATURE:g}] (got {s.temperature})")
     if not math.isfinite(s.top_p) or not 0 <= s.top_p <= 1:
