@@ -165,7 +165,7 @@ class PlanningPolicy:
 
         why = constrained_turn(query)
         excluded = {n: f"{why}: strategy {self.spec.candidates[n].strategy!r} cannot honour it"
-                    for n in predictions if self.spec.candidates[n].strategy not in CONSTRAINED_STRATEGIES}
+                    for n in predictions if self.spec.candidates[n].strategy not in CONSTRAINED_STRATEGIES} if why else {}
         predictions = {n: p for n, p in predictions.items() if n not in excluded}
         if not predictions:
             raise InvalidRoute(f"{why}: no policy candidate can run it (candidates {sorted(excluded)} all use "
