@@ -25,7 +25,7 @@ from thinkroute.v1 import worker_pb2_grpc as pb_grpc  # noqa: E402
 from tests.conftest import free_port, start_worker  # noqa: E402
 from workers import limits as L  # noqa: E402
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # run by `ops/test.sh tests`
 LIVE = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 MD = [("application", "thinkroute")]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # run by `ops/test.sh tests`
 
 PROMPT = ("Question: A farmer has 12 rows of apple trees with 15 trees in each row. Each tree gives 40 apples "
           "and every apple is sold for 25 cents at the market on Saturday morning. ") * 12 + "\nAnswer:"

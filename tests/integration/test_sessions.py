@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import REPO, free_port, start_worker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # run by `ops/test.sh tests`
 
 CONFIG = REPO / "tests" / "configs" / "two_drafters.yaml"
 TURNS = 10
