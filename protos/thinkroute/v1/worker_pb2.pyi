@@ -240,7 +240,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_id", "tokenizer_id", "context_length", "backend", "device", "dtype", "has_chat_template", "vocab_size", "hidden_size", "num_layers", "max_concurrency", "max_queue", "replica_id")
+    __slots__ = ("model_id", "tokenizer_id", "context_length", "backend", "device", "dtype", "has_chat_template", "vocab_size", "hidden_size", "num_layers", "max_concurrency", "max_queue", "replica_id", "kv_namespace")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,7 @@ class InfoResponse(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    KV_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     tokenizer_id: str
     context_length: int
@@ -267,7 +268,22 @@ class InfoResponse(_message.Message):
     max_concurrency: int
     max_queue: int
     replica_id: str
-    def __init__(self, model_id: _Optional[str] = ..., tokenizer_id: _Optional[str] = ..., context_length: _Optional[int] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., vocab_size: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., replica_id: _Optional[str] = ...) -> None: ...
+    kv_namespace: KvNamespace
+    def __init__(self, model_id: _Optional[str] = ..., tokenizer_id: _Optional[str] = ..., context_length: _Optional[int] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., vocab_size: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., replica_id: _Optional[str] = ..., kv_namespace: _Optional[_Union[KvNamespace, _Mapping]] = ...) -> None: ...
+
+class KvNamespace(_message.Message):
+    __slots__ = ("model_id", "dtype", "block_size", "layout", "version")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    dtype: str
+    block_size: int
+    layout: str
+    version: int
+    def __init__(self, model_id: _Optional[str] = ..., dtype: _Optional[str] = ..., block_size: _Optional[int] = ..., layout: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ()
