@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "router.commands.bench",
     "router.commands.route_eval",
     "router.commands.admin",
+    "router.commands.train",
+    "router.commands.policy",
 ]
 
 
