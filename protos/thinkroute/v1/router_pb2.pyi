@@ -176,6 +176,28 @@ class DialResponse(_message.Message):
     tenant: str
     def __init__(self, dial: _Optional[float] = ..., tenant: _Optional[str] = ...) -> None: ...
 
+class ReloadPolicyRequest(_message.Message):
+    __slots__ = ("artifact",)
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    artifact: str
+    def __init__(self, artifact: _Optional[str] = ...) -> None: ...
+
+class ReloadPolicyResponse(_message.Message):
+    __slots__ = ("artifact", "source", "version", "plans", "model_id", "feature_source")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLANS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    artifact: str
+    source: str
+    version: int
+    plans: _containers.RepeatedScalarFieldContainer[str]
+    model_id: str
+    feature_source: str
+    def __init__(self, artifact: _Optional[str] = ..., source: _Optional[str] = ..., version: _Optional[int] = ..., plans: _Optional[_Iterable[str]] = ..., model_id: _Optional[str] = ..., feature_source: _Optional[str] = ...) -> None: ...
+
 class PoolStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

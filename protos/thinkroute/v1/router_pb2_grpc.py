@@ -59,6 +59,11 @@ class RouterStub:
                 request_serializer=thinkroute_dot_v1_dot_router__pb2.PoolStatsRequest.SerializeToString,
                 response_deserializer=thinkroute_dot_v1_dot_router__pb2.PoolStatsResponse.FromString,
                 _registered_method=True)
+        self.ReloadPolicy = channel.unary_unary(
+                '/thinkroute.v1.Router/ReloadPolicy',
+                request_serializer=thinkroute_dot_v1_dot_router__pb2.ReloadPolicyRequest.SerializeToString,
+                response_deserializer=thinkroute_dot_v1_dot_router__pb2.ReloadPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -99,6 +104,16 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadPolicy(self, request, context):
+        """Admin: load a policy artifact (a `thinkroute train` directory; empty = the configured policy.artifact, read
+        again) and swap it into every router replica; requests in flight finish on the policy they started with.
+        Needs the admin token, like SetDial. INVALID_ARGUMENT: the artifact does not load or does not fit the
+        config's candidates or drafter (the old policy stays); FAILED_PRECONDITION: no policy configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +141,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.PoolStats,
                     request_deserializer=thinkroute_dot_v1_dot_router__pb2.PoolStatsRequest.FromString,
                     response_serializer=thinkroute_dot_v1_dot_router__pb2.PoolStatsResponse.SerializeToString,
+            ),
+            'ReloadPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadPolicy,
+                    request_deserializer=thinkroute_dot_v1_dot_router__pb2.ReloadPolicyRequest.FromString,
+                    response_serializer=thinkroute_dot_v1_dot_router__pb2.ReloadPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +283,33 @@ class Router:
             '/thinkroute.v1.Router/PoolStats',
             thinkroute_dot_v1_dot_router__pb2.PoolStatsRequest.SerializeToString,
             thinkroute_dot_v1_dot_router__pb2.PoolStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/thinkroute.v1.Router/ReloadPolicy',
+            thinkroute_dot_v1_dot_router__pb2.ReloadPolicyRequest.SerializeToString,
+            thinkroute_dot_v1_dot_router__pb2.ReloadPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
