@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
-PROTO_FILES = ["thinkroute/v1/worker.proto", "thinkroute/v1/router.proto"]
+PROTO_FILES = ["thinkroute/v1/worker.proto", "thinkroute/v1/router.proto", "thinkroute/v1/cluster.proto"]
 
 
 def generate(out_dir: Path) -> list[Path]:

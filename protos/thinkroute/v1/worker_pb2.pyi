@@ -290,17 +290,33 @@ class LoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadResponse(_message.Message):
-    __slots__ = ("running", "queued", "max_concurrency", "max_queue", "generated_tokens_per_s", "requests_total")
+    __slots__ = ("running", "queued", "max_concurrency", "max_queue", "generated_tokens_per_s", "requests_total", "prompt_tokens_per_s", "kv_cache_usage", "ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms", "itl_p95_ms", "prefix_cache_hit_rate", "metrics_port")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    ITL_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    ITL_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     running: int
     queued: int
     max_concurrency: int
     max_queue: int
     generated_tokens_per_s: float
     requests_total: int
-    def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., generated_tokens_per_s: _Optional[float] = ..., requests_total: _Optional[int] = ...) -> None: ...
+    prompt_tokens_per_s: float
+    kv_cache_usage: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    itl_p50_ms: float
+    itl_p95_ms: float
+    prefix_cache_hit_rate: float
+    metrics_port: int
+    def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., generated_tokens_per_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., prompt_tokens_per_s: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., ttft_p50_ms: _Optional[float] = ..., ttft_p95_ms: _Optional[float] = ..., itl_p50_ms: _Optional[float] = ..., itl_p95_ms: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., metrics_port: _Optional[int] = ...) -> None: ...
