@@ -498,4 +498,10 @@ def build_http_app(frontend: OpenAIFrontend) -> FastAPI:
     app.add_api_route("/v1/responses", ResponsesEndpoint(frontend).create, methods=["POST"])
     app.add_api_route("/v1/models", frontend.list_models, methods=["GET"])
     app.add_api_route("/health", frontend.health, methods=["GET"])
+    from router.learn.serving import http_reload
+
+    async def reload_policy(request: Request) -> Response:  # admin: `thinkroute policy reload` over HTTP
+        return await http_reload(frontend, request)
+
+    app.add_api_route("/admin/policy/reload", reload_policy, methods=["POST"])
     return app

@@ -97,7 +97,7 @@ class RouterIngress:
 
     async def __init__(self, config: dict[str, Any], addresses: dict[str, list[str]], admin_token: str | None,
                        api_key_digests: dict[str, str] | None = None, dial_state=None,
-                       worker_ca_pem: bytes | None = None) -> None:
+                       worker_ca_pem: bytes | None = None, policy_state=None) -> None:
         self.config = Config.model_validate(config)
         tls = WorkerTls(worker_ca_pem, self.config.tls.worker_server_name) if worker_ca_pem else None
         self.core = RouterCore(self.config, addresses, policy=_load_policy(self.config),
@@ -112,6 +112,11 @@ class RouterIngress:
         if dial_state is not None:
             self.core.dials.apply(await dial_state.get.remote())
             self._dial_task = asyncio.get_running_loop().create_task(self._follow_dials())
+        # `thinkroute policy reload`: swap the policy artifact here and in every replica (router/learn/serving.py)
+        from router.learn.serving import PolicyReloader
+
+        self.core.policy_reloader = PolicyReloader(self.core, policy_state)
+        await self.core.policy_reloader.start_following()
 
     async def _follow_dials(self) -> None:
         """Long-poll the app's DialState for as long as this replica lives."""
@@ -201,6 +206,16 @@ class RouterIngress:
             _set_status(grpc_context, err)
             raise err from None
 
+    async def ReloadPolicy(self, request: rpb.ReloadPolicyRequest, grpc_context=None) -> rpb.ReloadPolicyResponse:
+        try:
+            self.core.admission.check_admin(grpc_caller(grpc_context))
+            got = await self.core.policy_reloader.reload(request.artifact)
+            return rpb.ReloadPolicyResponse(**got)
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "ReloadPolicy")
+            _set_status(grpc_context, err)
+            raise err from None
+
     async def PoolStats(self, request: rpb.PoolStatsRequest, grpc_context=None) -> rpb.PoolStatsResponse:
         try:
             self.core.admission.authenticate(grpc_caller(grpc_context))
@@ -245,9 +260,14 @@ def build_app(config: Config, addresses: dict[str, list[str]]) -> serve.Applicat
         max_ongoing_requests=config.serve.max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
     )
+    from router.learn.serving import PolicyState
+
+    policy_state = serve.deployment(PolicyState, name="policy_state", num_replicas=1, max_ongoing_requests=10_000,
+                                    ray_actor_options={"num_cpus": 0})
     return deployment.bind(config.model_dump(mode="json"), addresses, admin_token, digests,
                            dials.bind(config.dial.default, config.dial.tenants),
-                           worker_tls.ca_pem if worker_tls else None)
+                           worker_tls.ca_pem if worker_tls else None,
+                           policy_state.bind(config.policy.artifact if config.policy else None))
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
