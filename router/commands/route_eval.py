@@ -5,6 +5,7 @@ Examples:
     thinkroute route-eval --config router/configs/routing/mmlu.yaml --cv 5 --group-by subject --meta
     thinkroute route-eval --data ../shared/data/routing/gsm8k_gpt3_outcomes.dev.jsonl --cv 5 --json
     thinkroute route-eval --config C.yaml --train A.jsonl --eval B.jsonl
+    thinkroute route-eval --config router/configs/routing/reasoning.yaml --group-by dataset --cv 2   # SimpleQA <-> FRAMES
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ RPC returns them), probe variants from the config (`probe[...]`; `(not servable)
 compute their features live), and the baselines `noise` (random features of the probe's dimension),
 `length` (log prompt tokens), `base-rate` (no features), MiniLM embeddings (`minilm*`), `knn[...]`,
 always-cheapest, always-best and the single-system envelope; `oracle` is a label-reading ceiling.
+Configs with a `reasoning:` section (plans `<model>:<level>`, router/configs/routing/reasoning.yaml) add
+the reasoning-mode anchors (always-no-think, always-largest-level, best-fixed-level, three-tier[MODEL])
+and a per-fold reading of two targets: the best plan's accuracy at <= 10 % of its cost, +3 points at
+<= its cost.
 Operating points are fixed on the training rows (dials whose training cost hits fixed log-cost
 quantiles between the cheapest and the best system) and only those are evaluated; a method's curve is
 the upper hull of its own points. Metrics: area under accuracy vs log(cost) between the cheapest and
@@ -102,6 +107,10 @@ def run_config(cfg, args, sources=None, count_tokens=None) -> dict:
         if out is not None:
             out.close()
     res["group_by"] = group
+    if cfg.reasoning:
+        from router.policy.reasoning_eval import targets
+
+        res["targets"] = targets(res)
     if args.train:
         res["train"], res["eval"] = args.train, args.eval
     if args.meta:
@@ -164,6 +173,10 @@ def print_table(res: dict, out=None) -> None:
         for p, comp in res["comparisons"].items():
             c = comp[sb]
             print(f"   {p} - {sb}: {c['mean_diff']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] -> {c['verdict']} (ahead on {c['folds_ahead']} folds)", file=out)
+    if res.get("targets"):
+        from router.policy.reasoning_eval import print_targets
+
+        print_targets(res["targets"], out)
     if "meta" in res:
         me = res["meta"]
         print(f"   meta-learning on unseen groups ({me['groups_evaluated']} groups x {me['repeats']} draws; area mean over groups, ±std over folds):", file=out)

@@ -54,7 +54,7 @@ class RoutingEvalConfig:
     text_field: str = "question"
     #: Group field for leave-groups-out folds and task embeddings (None: no groups).
     group_field: str | None = None
-    #: Output tokens: counted from each system's `solution` when present, else this constant.
+    #: Output tokens: counted from each system's `solution` when present, else its recorded `output_tokens`, else this constant.
     fixed_output_tokens: int = 1
     #: Probe features (LocalHiddenStates arguments; `source: local|worker|minilm`).
     features: dict = field(default_factory=lambda: {"source": "local", "model": "smollm2-135m", "layers": [-1], "pooling": ["last"]})
@@ -72,6 +72,9 @@ class RoutingEvalConfig:
     max_per_group: int | None = None
     #: Meta-learning experiment: {"ks": [10, 50], "repeats": 2, "min_rows": 80}.
     meta: dict | None = None
+    #: Reasoning-mode anchors for plans named `<model>:<level>` (router/policy/reasoning_eval.py):
+    #: {"tier_features": a baseline_features name, "three_tier": {model: [no_think, short, full levels]}}.
+    reasoning: dict | None = None
     cv: int = 5
     seed: int = 0
 
@@ -166,6 +169,8 @@ def load_outcomes(cfg: RoutingEvalConfig, path: str | None = None, limit: int | 
     for j, s in enumerate(systems):
         if "solution" in rows[0][s]:
             out_tokens[:, j] = count_tokens([r[s].get("solution") or "" for r in rows])
+        elif "output_tokens" in rows[0][s]:  # recorded by the provider (thinking included)
+            out_tokens[:, j] = [float(r[s].get("output_tokens") or 0) for r in rows]
     cost = np.stack([cfg.systems[s].cost(prompt_tokens, out_tokens[:, j]) for j, s in enumerate(systems)], 1)
     groups = np.array([str(r[gf]) for r in rows], dtype=object) if gf else None
     return Outcomes(texts, groups, systems, correct, out_tokens, prompt_tokens, cost)
@@ -305,6 +310,10 @@ def run_method(ctx: FoldContext, m: MethodSpec) -> FoldRun:
         return FoldRun(["only"], [np.full(n, ctx.best)], [None])
     if m.kind == "envelope":
         return FoldRun(list(ctx.data.systems), [np.full(n, j) for j in range(len(ctx.data.systems))], [None] * len(ctx.data.systems))
+    if m.kind.startswith("reasoning:"):
+        from router.policy import reasoning_eval
+
+        return reasoning_eval.run(ctx, m)
     if m.kind == "oracle":
         return FoldRun([f"q{q:.2f}" for q in QUANTILES], [oracle_decisions(ctx.data.cost[ctx.test], ctx.data.correct[ctx.test], t) for t in ctx.targets()],
                        [None] * len(QUANTILES))
@@ -388,7 +397,12 @@ def method_specs(cfg: RoutingEvalConfig, feats: dict[str, np.ndarray]) -> list[M
     if knn_feat and knn_feat in feats:
         out.append(MethodSpec(f"knn[{knn_feat}]", "knn", knn_feat))
     out += [MethodSpec("always-cheapest", "cheapest"), MethodSpec("always-best", "best"),
-            MethodSpec("single-envelope", "envelope"), MethodSpec("oracle", "oracle", role="reference")]
+            MethodSpec("single-envelope", "envelope")]
+    if cfg.reasoning:  # plans that differ by thinking level: the anchors of that problem
+        from router.policy import reasoning_eval
+
+        out += reasoning_eval.method_specs(cfg, feats)
+    out.append(MethodSpec("oracle", "oracle", role="reference"))
     return out
 
 
