@@ -45,6 +45,34 @@ class ScorerConfig(_Base):
     """Scorer-specific parameters."""
 
 
+class DiscoveryConfig(_Base):
+    """Worker discovery through the Redis worker registry (workers/registration.py): workers started with
+    `thinkroute worker --register redis://...` join their pool; a worker that stops heartbeating leaves it
+    at most `ttl (3 x heartbeat, 6 s by default) + poll_interval_s` after its last heartbeat. Static
+    `models.<name>.addresses` and the workers `thinkroute serve` starts stay members regardless."""
+
+    enabled: bool = False
+    """Follow the registry: registered workers of the configured pools join, expired ones leave, without a router restart."""
+    url: str | None = None
+    """Redis of the registry (redis:// or rediss://host:port/db, no password in it); None = `redis.url`, else the Redis `thinkroute serve` starts."""
+    password_env: str = "THINKROUTE_REDIS_PASSWORD"
+    """Environment variable holding the registry Redis' password (or `<VAR>_FILE`, a 0600 file); unset = no AUTH."""
+    tls: bool = False
+    """TLS to the registry Redis even for a redis:// URL."""
+    tls_ca_file: str | None = None
+    """CA bundle that signed the registry Redis' certificate."""
+    poll_interval_s: float = Field(2.0, gt=0, le=300)
+    """Seconds between two reads of the registry."""
+
+    @model_validator(mode="after")
+    def _no_secret_in_url(self) -> "DiscoveryConfig":
+        from urllib.parse import urlsplit
+
+        if self.url and urlsplit(self.url).password is not None:
+            raise ValueError(f"router.discovery.url must not carry a password; put it in ${self.password_env}")
+        return self
+
+
 class RouterConfig(_Base):
     default_strategy: str = "direct"
     """Strategy used when neither the request nor the policy names one."""
@@ -64,6 +92,14 @@ class RouterConfig(_Base):
     """Longest silence between two messages of a started Generate stream before the call fails as UNAVAILABLE (and is retried elsewhere if nothing was sent yet)."""
     scorers: list[ScorerConfig] = Field(default_factory=lambda: [ScorerConfig(name="load")])
     """Replica scorers of the worker pool (filter -> weighted scorers -> pick)."""
+    health_interval_s: float | None = Field(2.0, gt=0, le=300)
+    """Seconds between grpc.health.v1 checks of every worker (null = no probing; failed calls still mark a replica down). An unhealthy or hung worker gets no traffic until it answers SERVING again."""
+    health_timeout_s: float = Field(2.0, gt=0, le=60)
+    """A health check not answered within this counts as failed (a hung worker)."""
+    unhealthy_after: int = Field(2, ge=1, le=20)
+    """Failed health checks in a row that take a worker out of traffic (NOT_SERVING does at once)."""
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    """Worker discovery through the Redis worker registry."""
 
 
 class DialConfig(_Base):
@@ -276,8 +312,9 @@ class Config(_Base):
         for name, pool in self.models.items():
             if not pool.model:
                 pool.model = name
-            if pool.replicas == 0 and not pool.addresses:
-                raise ValueError(f"models.{name}: replicas is 0 and no addresses are given: nothing would serve it")
+            if pool.replicas == 0 and not pool.addresses and not self.router.discovery.enabled:
+                raise ValueError(f"models.{name}: replicas is 0 and no addresses are given: nothing would serve it "
+                                 "(or enable router.discovery so registered workers serve it)")
         names = set(self.models)
         if self.router.default_model not in names:
             raise ValueError(f"router.default_model {self.router.default_model!r} is not one of models {sorted(names)}")

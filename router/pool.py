@@ -1,143 +1,109 @@
-"""`WorkerPool`: every model call the router makes goes through here.
+"""`WorkerPool`: every model call the router makes goes through here. A facade over three parts:
 
-For each call: filter (drop replicas marked down) -> score (weighted scorers, see
-router/scorers) -> pick (max score, random tie-break) -> call with the request's deadline.
-A call that fails before any output reached the caller with UNAVAILABLE or RESOURCE_EXHAUSTED
-is retried on another replica (safe: nothing was emitted); otherwise the error becomes a
-`ModelCallError` naming the model. A replica that answered UNAVAILABLE is skipped for
-`down_cooldown_s`.
+- `ReplicaSet` (router/replicas.py): the replicas of each pool: static addresses and, with discovery,
+  the workers registered in Redis; grpc.health.v1 probing (a hung or unhealthy replica gets no traffic).
+- `Picker` (router/picker.py): filter -> score (router/scorers) -> pick -> reserve, with no await
+  between reading the in-flight counts and the reservation.
+- `Caller` (router/caller.py): the request's deadline, the stream stall timeout, and the retry rule
+  (retry on another replica only before any output reached the caller).
+
+What this module adds: the model calls themselves (Generate, Score, Tokenize, HiddenState, Info as
+protobuf in, router types and `ModelCallRecord`s out; each Generate carries the routed request's id,
+router/request_ids.py) and the per-pool signals (`stats`, read from the ReplicaSet).
 """
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import grpc
 import numpy as np
 
-from router.errors import DeadlineExceeded, ModelCallError, NoReplica, NotFound
-from router.scorers import LeastLoadScorer, PickRequest, ReplicaScorer
+from router import request_ids
+from router.caller import RETRYABLE, Caller  # noqa: F401 - RETRYABLE re-exported
+from router.errors import ModelCallError, NoReplica
+from router.picker import Picker
+from router.replicas import Discovery, Replica, ReplicaSet
+from router.scaling import desired_replicas
+from router.scorers import ReplicaScorer
 from router.trace import ModelCallRecord
 from router.types import Completion, ModelInfo, Scored
 from router.worker_client import WorkerClient, model_info
 from workers import wire
 from workers.types import PromptInput, Sampling
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-
-
-@dataclass
-class Replica:
-    address: str
-    model: str
-    client: WorkerClient
-    inflight: int = 0
-    down_until: float = 0.0
-    replica_id: str = ""
-    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=512))
+__all__ = ["WorkerPool", "Replica", "RETRYABLE"]
 
 
 class WorkerPool:
     def __init__(self, replicas: dict[str, list[str]], scorers: list[tuple[ReplicaScorer, float]] | None = None,
                  max_attempts: int = 3, down_cooldown_s: float = 2.0,
                  client_factory: Callable[[str], WorkerClient] = WorkerClient,
-                 stream_stall_timeout_s: float = 15.0) -> None:
+                 stream_stall_timeout_s: float = 15.0, *, health_interval_s: float | None = None,
+                 health_timeout_s: float = 2.0, unhealthy_after: int = 2,
+                 discovery: Discovery | None = None) -> None:
+        """`replicas`: model pool -> static worker addresses (a pool may be empty with `discovery`).
+        `health_interval_s` None = no health probing (each failed call still marks its replica down)."""
         if not replicas:
             raise ValueError("a worker pool needs at least one model with one replica")
-        self.replicas: dict[str, list[Replica]] = {
-            model: [Replica(a, model, client_factory(a)) for a in addresses] for model, addresses in replicas.items()
-        }
-        self.scorers = scorers or [(LeastLoadScorer(), 1.0)]
-        self.max_attempts = max_attempts
-        self.down_cooldown_s = down_cooldown_s
-        #: Longest silence allowed between two messages of a Generate stream once it has started: a worker
-        #: that stops mid-stream (paused, wedged, its host gone) fails the call as UNAVAILABLE after this,
-        #: instead of holding the request until its deadline (gRPC keepalive does not end such a stream).
-        self.stream_stall_timeout_s = stream_stall_timeout_s
+        self.replica_set = ReplicaSet(replicas, client_factory, down_cooldown_s=down_cooldown_s,
+                                      health_interval_s=health_interval_s, health_timeout_s=health_timeout_s,
+                                      unhealthy_after=unhealthy_after, discovery=discovery)
+        self.picker = Picker(self.replica_set, scorers, tokenize=self._tokenize_for_pick)
+        self.caller = Caller(self.replica_set, self.picker, max_attempts, stream_stall_timeout_s)
         self._infos: dict[str, ModelInfo] = {}
         self._token_cache: dict[tuple, list[int]] = {}
 
+    # -- the parts' settings, as attributes of the pool (older callers and tests use them) ----------
+    @property
+    def replicas(self) -> dict[str, list[Replica]]:
+        return self.replica_set.replicas
+
+    @property
+    def scorers(self) -> list[tuple[ReplicaScorer, float]]:
+        return self.picker.scorers
+
+    @property
+    def max_attempts(self) -> int:
+        return self.caller.max_attempts
+
+    @max_attempts.setter
+    def max_attempts(self, value: int) -> None:
+        self.caller.max_attempts = value
+
+    @property
+    def stream_stall_timeout_s(self) -> float:
+        return self.caller.stream_stall_timeout_s
+
+    @stream_stall_timeout_s.setter
+    def stream_stall_timeout_s(self, value: float) -> None:
+        self.caller.stream_stall_timeout_s = value
+
+    @property
+    def down_cooldown_s(self) -> float:
+        return self.replica_set.down_cooldown_s
+
     # -- picking -------------------------------------------------------------------------------
     def models(self) -> list[str]:
-        return sorted(self.replicas)
+        return self.replica_set.models()
 
-    def _candidates(self, model: str, exclude: set[str]) -> list[Replica]:
-        if model not in self.replicas:
-            raise NotFound(f"unknown model {model!r}; this router serves {self.models()}")
-        now = time.monotonic()
-        live = [r for r in self.replicas[model] if r.address not in exclude and r.down_until <= now]
-        return live
+    def has_live_replica(self, model: str) -> bool:
+        """True when `model` has a replica not marked down now (an unknown model: True, so the call says NotFound).
+        The planning policy falls back past plans whose pools answer False."""
+        return model not in self.replicas or bool(self.replica_set.candidates(model))
 
     async def pick(self, model: str, exclude: set[str] | None = None, prompt: PromptInput | None = None,
                    deadline: float | None = None) -> Replica:
-        candidates = self._candidates(model, exclude or set())
-        if not candidates:
-            raise NoReplica(f"no healthy replica of model {model!r} is available "
-                            f"({len(self.replicas[model])} configured, all down or already tried)")
-        if len(candidates) == 1:
-            return candidates[0]
-        request = PickRequest(model=model, inflight={r.address: r.inflight for r in candidates})
-        if prompt is not None and any(s.needs_prompt_ids for s, _ in self.scorers):
-            request.prompt_ids = await self.tokenize(model, prompt, deadline=deadline or time.monotonic() + 10)
-            request.extra["replica_ids"] = {r.address: await self._replica_id(r) for r in candidates}
-        totals = {r.address: 0.0 for r in candidates}
-        for scorer, weight in self.scorers:
-            for address, s in scorer.score(list(totals), request).items():
-                totals[address] += weight * min(1.0, max(0.0, s))
-        best = max(totals.values())
-        winners = [r for r in candidates if totals[r.address] == best]
-        return random.choice(winners)
+        """The replica a call would go to now (inspection and tests: nothing stays reserved)."""
+        replica = await self.picker.pick(model, exclude, prompt, deadline)
+        replica.inflight -= 1
+        return replica
 
-    async def _replica_id(self, replica: Replica) -> str:
-        """The worker's own replica id (what its KV connector writes into the prefix index)."""
-        if not replica.replica_id:
-            try:
-                replica.replica_id = (await replica.client.info(timeout=2.0)).replica_id or replica.address
-            except grpc.aio.AioRpcError:
-                return replica.address
-        return replica.replica_id
-
-    def _mark_down(self, replica: Replica) -> None:
-        replica.down_until = time.monotonic() + self.down_cooldown_s
+    async def _tokenize_for_pick(self, model: str, prompt: PromptInput, deadline: float) -> list[int]:
+        return await self.tokenize(model, prompt, deadline=deadline)
 
     # -- calls ---------------------------------------------------------------------------------
-    async def _with_retries(self, model: str, kind: str, deadline: float, call, prompt: PromptInput | None = None):
-        """Run `call(replica, timeout)` on picked replicas until it succeeds or retrying is unsafe."""
-        tried: set[str] = set()
-        last_error: grpc.aio.AioRpcError | None = None
-        for attempt in range(1, self.max_attempts + 1):
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                raise DeadlineExceeded(f"the request's deadline passed before calling model {model!r} ({kind})")
-            try:
-                replica = await self.pick(model, tried, prompt, deadline)
-            except NoReplica:
-                if last_error is None:
-                    raise
-                break
-            tried.add(replica.address)
-            replica.inflight += 1
-            try:
-                return await call(replica, timeout, attempt)
-            except grpc.aio.AioRpcError as e:
-                last_error = e
-                if e.code() == grpc.StatusCode.UNAVAILABLE:
-                    self._mark_down(replica)
-                if e.code() not in RETRYABLE or getattr(e, "_thinkroute_emitted", False):
-                    break
-            finally:
-                replica.inflight -= 1
-        assert last_error is not None
-        code = last_error.code()
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise DeadlineExceeded(f"model {model!r} ({kind}) did not answer within the request's deadline")
-        raise ModelCallError(f"{kind} failed: {code.name}: {last_error.details()}", model=model, role="", step=None,
-                             code=code.name) from last_error
-
     async def generate(self, model: str, prompt: PromptInput, sampling: Sampling, *, deadline: float,
                        on_delta: Callable[[str], Awaitable[None]] | None = None) -> tuple[Completion, ModelCallRecord]:
         async def call(replica: Replica, timeout: float, attempt: int):
@@ -146,9 +112,9 @@ class WorkerPool:
             ids: list[int] = []
             final = None
             first_ms = 0.0
-            stream = replica.client.generate(prompt, sampling, timeout=timeout)
+            stream = replica.client.generate(prompt, sampling, timeout=timeout, request_id=request_ids.call_id())
             try:
-                async for msg in self._unstalled(stream, replica):
+                async for msg in self.caller.unstalled(stream, replica):
                     if msg.text_delta:
                         if not first_ms:
                             first_ms = (time.perf_counter() - start) * 1e3
@@ -183,29 +149,8 @@ class WorkerPool:
             )
             return completion, record
 
-        return await self._with_retries(model, "generate", deadline, call, prompt)
-
-    async def _unstalled(self, stream, replica: Replica):
-        """Yield `stream`'s messages; after the first, a gap longer than `stream_stall_timeout_s` raises a
-        retryable UNAVAILABLE (the caller's retry rule then decides: retried only if nothing was emitted).
-        The wait for the first message is bounded by the call's deadline alone (a busy worker may queue it)."""
-        it = stream.__aiter__()
-        started = False
-        while True:
-            try:
-                if started:
-                    msg = await asyncio.wait_for(it.__anext__(), self.stream_stall_timeout_s)
-                else:
-                    msg = await it.__anext__()
-            except StopAsyncIteration:
-                return
-            except asyncio.TimeoutError:
-                raise grpc.aio.AioRpcError(
-                    grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                    details=f"worker {replica.address} sent nothing for {self.stream_stall_timeout_s:g} s "
-                            "mid-stream (router.stream_stall_timeout_s)") from None
-            started = True
-            yield msg
+        return await self.caller.call(model, "generate", deadline, call, prompt,
+                                      extra={"cache_salt": sampling.cache_salt} if sampling.cache_salt else None)
 
     async def score(self, model: str, prompt: PromptInput, *, continuation_ids: list[int] | None = None,
                     continuation_text: str | None = None, top_k: int = 0, candidate_ids: list[int] | None = None,
@@ -223,7 +168,8 @@ class WorkerPool:
                                      cached_prompt_tokens=r.cached_prompt_tokens, latency_ms=latency, attempts=attempt)
             return scored, record
 
-        return await self._with_retries(model, "score", deadline, call, prompt)
+        return await self.caller.call(model, "score", deadline, call, prompt,
+                                      extra={"cache_salt": cache_salt} if cache_salt else None)
 
     async def tokenize(self, model: str, prompt: PromptInput, *, deadline: float) -> list[int]:
         key = (model, prompt)
@@ -233,7 +179,7 @@ class WorkerPool:
         async def call(replica: Replica, timeout: float, attempt: int):
             return await replica.client.tokenize(prompt, timeout)
 
-        ids = await self._with_retries(model, "tokenize", deadline, call)
+        ids = await self.caller.call(model, "tokenize", deadline, call)
         if len(self._token_cache) > 4096:
             self._token_cache.clear()
         self._token_cache[key] = ids
@@ -248,7 +194,7 @@ class WorkerPool:
                                      latency_ms=(time.perf_counter() - start) * 1e3, attempts=attempt)
             return states, record
 
-        return await self._with_retries(model, "hidden_state", deadline, call)
+        return await self.caller.call(model, "hidden_state", deadline, call)
 
     async def hidden_features(self, model: str, prompts: list[PromptInput], request: dict, *,
                               deadline: float) -> tuple[list[np.ndarray], str, ModelCallRecord]:
@@ -262,47 +208,49 @@ class WorkerPool:
                                      latency_ms=(time.perf_counter() - start) * 1e3, attempts=attempt)
             return rows, model_id, record
 
-        return await self._with_retries(model, "hidden_state", deadline, call)
+        return await self.caller.call(model, "hidden_state", deadline, call)
 
     async def served_model_id(self, model: str) -> str:
         """The model id the pool's workers report in `Info` (what they serve, not the pool's name)."""
         async def call(replica: Replica, timeout: float, attempt: int):
             return (await replica.client.info(timeout=min(timeout, 10.0))).model_id
 
-        return await self._with_retries(model, "info", time.monotonic() + 30.0, call)
+        return await self.caller.call(model, "info", time.monotonic() + 30.0, call)
 
     async def info(self, model: str) -> ModelInfo:
         if model not in self._infos:
             async def call(replica: Replica, timeout: float, attempt: int):
                 return await replica.client.info(timeout=min(timeout, 10.0))
 
-            resp = await self._with_retries(model, "info", time.monotonic() + 30.0, call)
+            resp = await self.caller.call(model, "info", time.monotonic() + 30.0, call)
             self._infos[model] = model_info(model, resp)
         return self._infos[model]
 
     # -- signals -------------------------------------------------------------------------------
     async def stats(self, target_utilisation: float = 0.7) -> list[dict]:
-        """Per model pool: replicas, healthy, running, queued, tokens/s, p50/p95 latency, desired replicas."""
+        """Per model pool: replicas, healthy, running, queued, tokens/s, p50/p95 latency, desired replicas.
+
+        Read from the ReplicaSet: its health verdicts and the Load reports of its last probe round (without
+        background probing, one probe round runs now). `desired_replicas`: router/scaling.py."""
+        if self.replica_set.health_interval_s is None:
+            await self.replica_set.probe_all(verdict=False)  # loads only: routing keeps its own view
+        else:
+            self.replica_set.ensure_running()
         out = []
         for model, replicas in self.replicas.items():
-            loads = await asyncio.gather(*(r.client.load() for r in replicas), return_exceptions=True)
-            ok = [l for l in loads if not isinstance(l, BaseException)]
-            running = sum(l.running for l in ok)
-            queued = sum(l.queued for l in ok)
-            capacity = sum(max(1, l.max_concurrency) for l in ok) or 1
+            live = [r for r in self.replica_set.candidates(model) if r.load is not None]
+            loads = self.replica_set.loads(model)
+            reports = [r.load for r in live]
             lat = np.array([x for r in replicas for x in r.latencies_ms]) if any(r.latencies_ms for r in replicas) else None
-            busy = (running + queued) / capacity
-            desired = max(1, int(np.ceil(len(replicas) * busy / target_utilisation))) if ok else len(replicas)
             out.append({
-                "model": model, "replicas": len(replicas), "healthy_replicas": len(ok), "running": running,
-                "queued": queued, "generated_tokens_per_s": sum(l.generated_tokens_per_s for l in ok),
+                "model": model, "replicas": len(replicas), "healthy_replicas": len(live),
+                "running": sum(l.running for l in loads), "queued": sum(l.queued for l in loads),
+                "generated_tokens_per_s": sum(r.generated_tokens_per_s for r in reports),
                 "p50_latency_ms": float(np.percentile(lat, 50)) if lat is not None else 0.0,
                 "p95_latency_ms": float(np.percentile(lat, 95)) if lat is not None else 0.0,
-                "desired_replicas": desired,
+                "desired_replicas": desired_replicas(loads, len(replicas), target_utilisation),
             })
         return out
 
     async def close(self) -> None:
-        for replicas in self.replicas.values():
-            for r in replicas:
-                await r.client.close()
+        await self.replica_set.close()

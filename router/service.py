@@ -17,6 +17,7 @@ from router.cache_salt import tenant_cache_salt
 from router.config import Config
 from router.errors import InvalidRoute
 from router.planner import DialStore, Planner
+from router import request_ids
 from router.pool import WorkerPool
 from router.strategies.base import Context
 from router.trace import Trace
@@ -38,9 +39,14 @@ class RouterCore:
         scorers = [(build_scorer(s.name, s.params), s.weight) for s in config.router.scorers]
         if worker_tls is None:
             worker_tls = WorkerTls.from_files(config.tls.worker_ca_file, config.tls.worker_server_name)
-        self.pool = WorkerPool(addresses, scorers=scorers, max_attempts=config.router.max_attempts,
+        from router.discovery import discovery_from_config
+
+        rc = config.router
+        self.pool = WorkerPool(addresses, scorers=scorers, max_attempts=rc.max_attempts,
                                client_factory=lambda address: WorkerClient(address, worker_tls),
-                               stream_stall_timeout_s=config.router.stream_stall_timeout_s)
+                               stream_stall_timeout_s=rc.stream_stall_timeout_s,
+                               health_interval_s=rc.health_interval_s, health_timeout_s=rc.health_timeout_s,
+                               unhealthy_after=rc.unhealthy_after, discovery=discovery_from_config(config))
         self.dials = DialStore(config.dial.default, config.dial.tenants)
         self.planner = Planner(config, self.dials, policy)
         self.replica_id = ""  # the Serve replica holding this core, reported in traces (details.router_replica)
@@ -71,7 +77,12 @@ class RouterCore:
             query.query = users[-1] if users else query.messages[-1].content
 
     async def route(self, query: RouteQuery, emit: Callable[[str], Awaitable[None]] | None = None) -> RouteResult:
-        """Plan and run `query`; stream answer deltas through `emit` when given. Raises RoutingError."""
+        """Plan and run `query`; stream answer deltas through `emit` when given. Raises RoutingError.
+        Every model call carries `query.request_id` to the workers (router/request_ids.py)."""
+        with request_ids.bound(query.request_id):
+            return await self._route(query, emit)
+
+    async def _route(self, query: RouteQuery, emit: Callable[[str], Awaitable[None]] | None) -> RouteResult:
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.config.router.request_timeout_s
         if query.max_latency_ms:

@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from thinkroute.v1 import worker_pb2 as pb
 from thinkroute.v1 import worker_pb2_grpc as pb_grpc
@@ -22,6 +23,8 @@ from thinkroute.v1 import worker_pb2_grpc as pb_grpc
 from router.types import ModelInfo
 from workers import wire
 from workers.types import PromptInput, Sampling
+
+SERVICE_NAME = "thinkroute.v1.Worker"
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
@@ -88,7 +91,8 @@ class WorkerClient:
 
     def generate(self, prompt: PromptInput, sampling: Sampling, *, timeout: float,
                  request_id: str = "") -> AsyncIterator[pb.GenerateResponse]:
-        """The server stream; cancelling/closing it cancels the RPC (the worker aborts the request)."""
+        """The server stream; cancelling/closing it cancels the RPC (the worker aborts the request).
+        `request_id` (router/request_ids.py) is logged by the worker, so router and worker logs join."""
         req = pb.GenerateRequest(request_id=request_id, prompt=wire.prompt_to_pb(prompt),
                                  sampling=wire.sampling_to_pb(sampling))
         if sampling.constraint is not None:  # structured output travels beside the sampling parameters
@@ -139,6 +143,14 @@ class WorkerClient:
 
     async def load(self, timeout: float = 2.0) -> pb.LoadResponse:
         return await self.stub.Load(pb.LoadRequest(), timeout=timeout)
+
+    async def health(self, timeout: float = 2.0) -> int:
+        """grpc.health.v1 Check of the Worker service on this channel: the ServingStatus (1 = SERVING).
+        Raises grpc.aio.AioRpcError (DEADLINE_EXCEEDED for a worker that does not answer in `timeout`)."""
+        self.stub  # noqa: B018 - makes the channel on this loop
+        resp = await health_pb2_grpc.HealthStub(self._channel).Check(
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+        return int(resp.status)
 
 
 def model_info(model: str, resp: pb.InfoResponse) -> ModelInfo:

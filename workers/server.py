@@ -31,6 +31,7 @@ from thinkroute.v1 import worker_pb2_grpc as pb_grpc
 from workers import limits, thinking, wire
 from workers.config import EngineConfig
 from workers.engine import Engine
+from workers.kv.published import engine_kv_namespace, namespace_to_pb
 from workers.errors import Draining, EngineDead, InvalidRequest, QueueFull, WorkerError
 from workers.prompts import PromptRenderer
 from workers.thinking import ThinkingConfig
@@ -84,6 +85,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.requests_total = 0
         self._gen_times: deque[tuple[float, int]] = deque(maxlen=4096)
         self.on_engine_dead = lambda: None
+        #: The KV connector's block-hash namespace (workers/kv/published.py), published in Info; None = no connector.
+        self.kv_namespace = None
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_accepting(self) -> None:
@@ -150,7 +153,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             # Budget forcing adds the span's markers around the generated tokens: they must fit too.
             markers = len(encode(self.thinking_cfg.start + self.thinking_cfg.end + "\n")) if forcing else 0
             self._validate_sampling(sampling, len(ids) + markers)
-            request_id = request.request_id or uuid.uuid4().hex
+            # The router's id (`<routed request id>/<n>`, router/request_ids.py) is logged so router and worker
+            # logs join; the engine gets it made unique (clients choose request ids, the engine needs distinct ones).
+            request_id = f"{request.request_id}#{uuid.uuid4().hex[:8]}" if request.request_id else uuid.uuid4().hex
+            log.info("generate request_id=%r prompt_tokens=%d max_tokens=%d", request.request_id, len(ids),
+                     sampling.max_tokens)
             self.requests_total += 1
             async with self.admission.slot():
                 if forcing:
@@ -165,6 +172,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                         if chunk.final is not None:
                             msg.final.CopyFrom(wire.final_to_pb(chunk.final))
                             self._gen_times.append((time.monotonic(), chunk.final.generated_tokens))
+                            log.info("generate done request_id=%r generated_tokens=%d", request.request_id,
+                                     chunk.final.generated_tokens)
                         yield msg
                 finally:
                     await stream.aclose()  # aborts the engine request if the client went away
@@ -241,6 +250,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             device=i.device, dtype=i.dtype, has_chat_template=i.has_chat_template, vocab_size=i.vocab_size,
             hidden_size=i.hidden_size, num_layers=i.num_layers, max_concurrency=self.admission.concurrency,
             max_queue=self.admission.max_queue, replica_id=self.replica_id,
+            kv_namespace=namespace_to_pb(self.kv_namespace, pb),
         )
 
     async def Load(self, request, context):
@@ -270,12 +280,15 @@ def server_credentials(cert_file: str, key_file: str) -> grpc.ServerCredentials:
 
 async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0, grace_s: float = 30.0,
                        replica_id: str | None = None, ready_file: str | None = None,
-                       tls_cert_file: str | None = None, tls_key_file: str | None = None) -> int:
+                       tls_cert_file: str | None = None, tls_key_file: str | None = None,
+                       registration: "RegistrationConfig | None" = None) -> int:
     """Load the engine, serve until SIGTERM/SIGINT (drain, then exit 0) or engine death (exit 3).
 
     `port=0` picks a free port; the bound address is printed as `READY host:port` on stdout and,
     when `ready_file` is given, written there (how `thinkroute serve` and the tests find it).
     With `tls_cert_file` and `tls_key_file` (PEM) the port serves TLS only.
+    With `registration` the worker registers itself in Redis once serving and heartbeats until it drains
+    (workers/registration.py); a failing first registration stops it (exit 2 through WorkerError).
     """
     creds = server_credentials(tls_cert_file, tls_key_file) if tls_cert_file and tls_key_file else None
     from transformers import AutoTokenizer
@@ -303,6 +316,7 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
     servicer = WorkerServicer(engine, renderer, cfg, replica_id, health_servicer, thinking_config(spec, cfg.thinking))
+    servicer.kv_namespace = engine_kv_namespace(engine)
     pb_grpc.add_WorkerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = (server.add_secure_port(f"{host}:{port}", creds) if creds is not None
@@ -317,6 +331,9 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
         with open(tmp, "w") as f:
             f.write(address)
         os.replace(tmp, ready_file)
+    registrar = None
+    if registration is not None:
+        registrar = await _register(registration, spec.name, replica_id, address, servicer.admission.concurrency, server)
     print(f"READY {address}", flush=True)
     _progress(f"{spec.name} ({cfg.backend}) serving on {address}")
 
@@ -333,6 +350,8 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if registrar is not None:
+        await registrar.stop()  # leave the registry first: routers stop sending before we refuse
     servicer.draining = True
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     _progress(f"draining (up to {grace_s:.0f} s for {servicer.admission.running + servicer.admission.queued} requests)")
@@ -340,6 +359,23 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
     await engine.shutdown()
     _progress("stopped")
     return exit_code
+
+
+async def _register(rc: "RegistrationConfig", model: str, replica_id: str, bound: str, capacity: int, server):
+    """Register this worker (workers/registration.py); on failure stop the server and raise WorkerError."""
+    from workers.registration import Registrar, Registration, advertised_address
+
+    reg = Registration(pool=rc.pool or model, model_id=model, address=rc.advertise or advertised_address(bound),
+                       replica_id=replica_id, capacity=capacity, heartbeat_s=rc.heartbeat_s)
+    registrar = Registrar(rc, reg)
+    try:
+        await registrar.start()
+    except Exception as e:  # noqa: BLE001 - a worker that should register but cannot would never get traffic
+        await server.stop(0)
+        raise WorkerError(f"could not register in the worker registry {rc.url} ({type(e).__name__}: {e}); "
+                          f"check the URL and ${rc.password_env}") from e
+    _progress(f"registered as {reg.address} in pool {reg.pool} (heartbeat {rc.heartbeat_s:g} s, expiry {rc.ttl_s} s)")
+    return registrar
 
 
 async def _set_health(h, status) -> None:

@@ -1,19 +1,26 @@
 """Replica scorers for the worker pool: each gives every candidate replica a score in [0, 1].
 
-The pool (router/pool.py) filters replicas, sums `score * weight` over the configured scorers
-and picks the best (random tie-break). Adding a scorer = one class with `name`,
-`needs_prompt_ids` and `score(...)`, plus one line in `build_scorer`.
+The Picker (router/picker.py) filters replicas, lets scorers that have one run their async
+`prepare(request)` (network reads: the prefix index), then, with no await in between, reads the
+replicas' in-flight counts, sums `score * weight` over the configured scorers, picks the best (random
+tie-break) and reserves it. Adding a scorer = one class with `name`, `needs_prompt_ids`,
+`score(...)` (pure, synchronous) and optionally `prepare(...)`, plus one line in `build_scorer`.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
+
+log = logging.getLogger("thinkroute.router.scorers")
 
 
 @dataclass
 class PickRequest:
-    """What scorers may look at: the model, the replicas' router-side load, the prompt's ids (when a
-    scorer needs them, the pool tokenizes first)."""
+    """What scorers may look at: the model, the replicas' router-side load (filled in right before
+    `score`), the prompt's ids (when a scorer needs them, the picker tokenizes first), and `extra`:
+    `replica_ids` and `kv_namespaces` (address -> the worker's Info values), `cache_salt`, `session`,
+    and whatever a scorer's `prepare` stores for its `score`."""
 
     model: str
     inflight: dict[str, int]
@@ -42,52 +49,72 @@ class LeastLoadScorer:
 
 
 class PoolPrefixScorer:
-    """Adapts `router.scorers.prefix.PrefixAffinityScorer` (Redis prefix index, tracker issue 8) to the
-    pool: one namespace per model (it must equal the workers' KV-connector namespace), replica ids
-    (what the connectors write into the index) mapped from the pool's addresses.
+    """Adapts the prefix-affinity rule (router/scorers/prefix.py, Redis prefix index) to the pool.
 
-    NOTE: the index read is one pipelined round trip to Redis on the request path, synchronous,
-    with the store's short socket timeout; Redis down makes it a fast miss (load-only scoring).
-    It only runs when a model has two or more candidate replicas.
+    `prepare` (async, before the pick): hashes the prompt in each candidate's published KV namespace
+    (`Info.kv_namespace`; a replica without one has no shared cache and matches nothing) and reads the
+    index on redis.asyncio within `timeout_s` (default 50 ms); Redis down or slow = no match, so the
+    pick is load-only, and Redis is skipped for `retry_after_s`. `score` (sync) applies the rule to the
+    loads at pick time. Only runs when a model has two or more candidate replicas.
     """
 
     name = "prefix"
     needs_prompt_ids = True
+    #: Knobs of the old constant namespace; the workers publish theirs now. Accepted, ignored.
+    LEGACY_KEYS = ("block_size", "dtype", "layout")
 
-    def __init__(self, redis_url: str | None = None, block_size: int = 128, dtype: str = "float32",
-                 layout: str = "cpu:blocks-first", password_env: str | None = None, tls: bool = False,
-                 tls_ca_file: str | None = None, **knobs) -> None:
-        from router.scorers.prefix import PrefixScorerConfig
+    def __init__(self, redis_url: str | None = None, password_env: str | None = None, tls: bool = False,
+                 tls_ca_file: str | None = None, timeout_s: float = 0.05, retry_after_s: float = 2.0,
+                 warm_ttl_s: int = 600, **knobs) -> None:
+        from router.scorers.prefix import AsyncWarmIndex, PrefixScorerConfig
 
-        self.redis_url, self.block_size, self.dtype, self.layout = redis_url, block_size, dtype, layout
-        # Redis auth and TLS: the password is read from $password_env when the client is built, never passed in.
-        self.password_env, self.tls, self.tls_ca_file = password_env, tls, tls_ca_file
+        legacy = [k for k in self.LEGACY_KEYS if k in knobs]
+        for k in legacy:
+            knobs.pop(k)
+        if legacy:
+            log.warning("prefix scorer: params %s are ignored: the KV namespace comes from the workers' Info", legacy)
+        if not 0 < timeout_s <= 1.0:
+            raise ValueError(f"prefix scorer: timeout_s must be in (0, 1] seconds, got {timeout_s}")
+        self.redis_url = redis_url
         self.knobs = PrefixScorerConfig(**knobs)
-        self._scorers: dict[str, object] = {}
+        # Redis auth and TLS: the password is read from $password_env when the client is built, never passed in.
+        self.index = AsyncWarmIndex(redis_url, password_env, tls, tls_ca_file, timeout_s=timeout_s,
+                                    retry_after_s=retry_after_s, warm_ttl_s=warm_ttl_s) if redis_url else None
 
-    def _scorer(self, model: str):
-        if model not in self._scorers:
-            from router.scorers.prefix import PrefixAffinityScorer
-            from workers.kv.index import PrefixIndex
-            from workers.kv.keys import Namespace
-            from workers.kv.store import RedisStore, StoreConfig
+    async def prepare(self, request: PickRequest) -> None:
+        """Store `prefix_match` (address -> warm fraction of the prompt's blocks) in `request.extra`, or nothing."""
+        from workers.kv.keys import Namespace, block_hashes
 
-            ns = Namespace(model_id=model, dtype=self.dtype, block_size=self.block_size, layout=self.layout)
-            index = PrefixIndex(RedisStore(StoreConfig(url=self.redis_url, socket_timeout_s=0.05, password_env=self.password_env,
-                                                       tls=self.tls, tls_ca_file=self.tls_ca_file)), ns)
-            self._scorers[model] = PrefixAffinityScorer(index, ns, self.knobs)
-        return self._scorers[model]
+        if self.index is None or request.prompt_ids is None:
+            return
+        ids: dict[str, str] = request.extra.get("replica_ids", {})
+        spaces: dict[str, object] = request.extra.get("kv_namespaces", {})
+        by_ns: dict[Namespace, list[str]] = {}
+        for address, pb_ns in spaces.items():
+            if pb_ns is None or not pb_ns.block_size or not pb_ns.model_id:
+                continue
+            ns = Namespace(model_id=pb_ns.model_id, dtype=pb_ns.dtype, block_size=pb_ns.block_size,
+                           layout=pb_ns.layout, version=pb_ns.version)
+            by_ns.setdefault(ns, []).append(address)
+        match: dict[str, float] = {}
+        salt = request.extra.get("cache_salt") or None
+        for ns, addresses in by_ns.items():
+            hashes = block_hashes(request.prompt_ids, ns, salt=salt)
+            if not hashes:
+                continue
+            warm = await self.index.longest_warm_prefix(ns, hashes)
+            if warm is None:
+                return  # Redis unavailable: no affinity at all (load-only), not a partial view
+            for a in addresses:
+                match[a] = min(1.0, warm.get(ids.get(a, a), 0) / len(hashes))
+        request.extra["prefix_match"] = match
 
     def score(self, replicas: list[str], request: PickRequest) -> dict[str, float]:
-        ids = request.extra.get("replica_ids", {})
-        if not self.redis_url or request.prompt_ids is None or not ids:
+        from router.scorers.prefix import affinity_scores
+
+        if self.index is None or request.prompt_ids is None:
             return {r: 0.0 for r in replicas}
-        by_id = {ids.get(r, r): r for r in replicas}
-        loads = {ids.get(r, r): n for r, n in request.inflight.items()}
-        # A salted request (its tenant's cache salt, when the pool passes it) sees only warm entries of its salt.
-        scores = self._scorer(request.model).score(list(by_id), request.prompt_ids, loads,
-                                                   salt=request.extra.get("cache_salt") or None)
-        return {by_id[rid]: s for rid, s in scores.items()}
+        return affinity_scores(replicas, request.extra.get("prefix_match"), request.inflight, self.knobs)
 
 
 def build_scorer(name: str, params: dict) -> ReplicaScorer:

@@ -1,10 +1,15 @@
 """Prefix-affinity scorer: prefer the replica that holds the prompt's prefix warm, unless that
 would pile load onto it.
 
-Called by the worker pool once per request, on the request path (one Redis round trip: a
-pipelined HGETALL over the prompt's full blocks, see workers/kv/index.py):
+Called by the worker pool once per request, on the request path, in two steps (router/picker.py):
+the async read of the index (`AsyncWarmIndex`: one pipelined HGETALL over the prompt's full blocks on
+redis.asyncio, bounded by `timeout_s`; Redis slow or down = no match, i.e. load-only picking, and an
+open circuit for `retry_after_s`), then the pure rule below on the loads of that moment:
 
-    score(replicas, prompt_ids, loads) -> {replica: score in [0, 1]}
+    affinity_scores(replicas, match, loads, cfg) -> {replica: score in [0, 1]}
+
+The prompt is hashed in the namespace the workers publish in `Info.kv_namespace` (the one their KV
+connectors write the index in), never one rebuilt from the pool's name.
 
 The rule (knobs in `PrefixScorerConfig`):
 
@@ -33,6 +38,7 @@ Defaults are sized for this CPU deployment (max_num_seqs=32): a replica 8+ reque
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -63,8 +69,96 @@ class PrefixScorerConfig:
             raise ValueError(f"match_threshold and load_weight must be in [0, 1], got {self.match_threshold}, {self.load_weight}")
 
 
+def affinity_scores(replicas: list[str], match: dict[str, float] | None, loads: dict[str, int],
+                    cfg: PrefixScorerConfig) -> dict[str, float]:
+    """The rule of the module docstring: `match[r]` is r's warm fraction of the prompt's blocks (None = unknown)."""
+    if not replicas:
+        return {}
+    load = [max(0, int(loads.get(r, 0))) for r in replicas]
+    lo, hi = min(load), max(load)
+    load_score = {r: 1.0 if hi == lo else (hi - l) / (hi - lo) for r, l in zip(replicas, load)}
+    if hi - lo > cfg.balance_abs_threshold and hi > cfg.balance_rel_threshold * lo:  # imbalanced
+        return load_score
+    if not match or max(match.get(r, 0.0) for r in replicas) < cfg.match_threshold:
+        return load_score
+    w = cfg.load_weight
+    return {r: (1 - w) * min(1.0, match.get(r, 0.0)) + w * load_score[r] for r in replicas}
+
+
+def warm_run(rows: Sequence[dict], oldest: float) -> dict[str, int]:
+    """From the index rows of blocks 0, 1, ... (replica -> last-seen time): for each replica warm on
+    block 0, how many leading blocks it holds warm in a row (entries older than `oldest` do not count)."""
+    run: dict[str, int] = {}
+    alive: set[str] | None = None
+    for i, row in enumerate(rows):
+        fresh = {r.decode() if isinstance(r, bytes) else r for r, t in row.items() if float(t) >= oldest}
+        alive = fresh if alive is None else alive & fresh
+        if not alive:
+            break
+        for r in alive:
+            run[r] = i + 1
+    return run
+
+
+class AsyncWarmIndex:
+    """The prefix index (written by the workers' connectors, workers/kv/index.py), read on redis.asyncio.
+
+    `longest_warm_prefix(ns, hashes)` never raises and never blocks the event loop: a read slower than
+    `timeout_s`, or any Redis error, is None (no affinity) and skips Redis for `retry_after_s`."""
+
+    def __init__(self, url: str, password_env: str | None = None, tls: bool = False, tls_ca_file: str | None = None,
+                 timeout_s: float = 0.05, retry_after_s: float = 2.0, warm_ttl_s: int = 600,
+                 clock=time.monotonic, wall_clock=time.time) -> None:
+        self.url, self.password_env, self.tls, self.tls_ca_file = url, password_env, tls, tls_ca_file
+        self.timeout_s, self.retry_after_s, self.warm_ttl_s = timeout_s, retry_after_s, warm_ttl_s
+        self._clock, self._wall = clock, wall_clock
+        self._client = None
+        self._loop = None
+        self._open_until = 0.0
+        self.errors = 0
+
+    def _redis(self):
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            from workers.registration import async_redis
+
+            self._client = async_redis(self.url, self.password_env, self.tls, self.tls_ca_file,
+                                       timeout_s=max(self.timeout_s, 0.05))
+            self._loop = loop
+        return self._client
+
+    async def longest_warm_prefix(self, ns: Namespace, hashes: Sequence[BlockHash]) -> dict[str, int] | None:
+        import asyncio
+
+        from workers.kv.keys import index_key
+
+        if not hashes:
+            return {}
+        if self._clock() < self._open_until:
+            return None
+        try:
+            client = self._redis()
+
+            async def read():
+                p = client.pipeline(transaction=False)
+                for h in hashes:
+                    p.hgetall(index_key(ns, h))
+                return await p.execute()
+
+            rows = await asyncio.wait_for(read(), self.timeout_s)
+        except Exception:  # noqa: BLE001 - Redis slow/down/auth: no affinity, load-only picking
+            self.errors += 1
+            self._open_until = self._clock() + self.retry_after_s
+            self._client = None  # a timed-out pipeline leaves the connection unusable
+            return None
+        return warm_run(rows, self._wall() - self.warm_ttl_s)
+
+
 class PrefixAffinityScorer:
-    """Scores replicas of one model pool; `ns` must equal the replicas' connector namespace."""
+    """Scores replicas of one model pool; `ns` must equal the replicas' connector namespace
+    (synchronous index: offline use and tests; the pool uses `AsyncWarmIndex` + `affinity_scores`)."""
 
     name = "prefix"
 
@@ -83,16 +177,9 @@ class PrefixAffinityScorer:
         if not replicas:
             return {}
         load = [max(0, int(loads.get(r, 0))) for r in replicas]
-        lo, hi = min(load), max(load)
-        load_score = {r: 1.0 if hi == lo else (hi - l) / (hi - lo) for r, l in zip(replicas, load)}
-        if self.imbalanced(load):
-            return load_score
-        hashes = block_hashes(prompt_ids, self.ns, salt=salt)
-        if not hashes:
-            return load_score
-        warm = self.index.longest_warm_prefix(hashes)
-        match = {r: min(1.0, warm.get(r, 0) / len(hashes)) for r in replicas}
-        if max(match.values()) < self.cfg.match_threshold:
-            return load_score
-        w = self.cfg.load_weight
-        return {r: (1 - w) * match[r] + w * load_score[r] for r in replicas}
+        hashes = [] if self.imbalanced(load) else block_hashes(prompt_ids, self.ns, salt=salt)
+        match = None
+        if hashes:
+            warm = self.index.longest_warm_prefix(hashes)
+            match = {r: min(1.0, warm.get(r, 0) / len(hashes)) for r in replicas}
+        return affinity_scores(replicas, match, loads, self.cfg)

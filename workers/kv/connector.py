@@ -150,6 +150,18 @@ def _mac_key(env_name: str) -> bytes | None:
     return key
 
 
+def connector_namespace(vllm_config: "VllmConfig", settings: RedisKVSettings, weights: str = "",
+                        tp_rank: int = 0) -> Namespace:
+    """The block-hash namespace a RedisKVConnector with `settings` uses under `vllm_config`: the one place
+    it is computed (the worker publishes it in `Info.kv_namespace`, workers/kv/published.py)."""
+    mc = vllm_config.model_config
+    cache_dtype = vllm_config.cache_config.cache_dtype
+    dtype = str(mc.dtype).removeprefix("torch.") if cache_dtype in (None, "auto") else str(cache_dtype)
+    model_id = settings.model_id or (mc.served_model_name if isinstance(mc.served_model_name, str) else mc.model)
+    return Namespace(model_id=model_id, dtype=dtype, block_size=vllm_config.cache_config.block_size,
+                     layout=_layout(vllm_config), weights=weights, tp_rank=tp_rank)
+
+
 def _layout(vllm_config: "VllmConfig") -> str:
     from vllm.platforms import current_platform
 
@@ -165,9 +177,6 @@ class RedisKVConnector(KVConnectorBase_V1):
         s = self.settings
         mc = vllm_config.model_config
         self.block_size = vllm_config.cache_config.block_size
-        cache_dtype = vllm_config.cache_config.cache_dtype
-        dtype = str(mc.dtype).removeprefix("torch.") if cache_dtype in (None, "auto") else str(cache_dtype)
-        model_id = s.model_id or (mc.served_model_name if isinstance(mc.served_model_name, str) else mc.model)
         if s.weights_fingerprint:
             weights = s.weights_fingerprint
         else:
@@ -175,8 +184,7 @@ class RedisKVConnector(KVConnectorBase_V1):
 
             weights = weights_fingerprint(mc.model)
         self.tp_size = int(vllm_config.parallel_config.tensor_parallel_size)
-        self.ns = Namespace(model_id=model_id, dtype=dtype, block_size=self.block_size, layout=_layout(vllm_config),
-                            weights=weights, tp_rank=_tp_rank(role))
+        self.ns = connector_namespace(vllm_config, s, weights=weights, tp_rank=_tp_rank(role))
         #: The value namespaces of every TP rank: a block counts as cached when all ranks hold it.
         self.rank_ns = [replace(self.ns, tp_rank=r) for r in range(self.tp_size)]
         self._mac_key = _mac_key(s.mac_key_env)
