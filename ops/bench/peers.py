@@ -119,6 +119,12 @@ def start_all(procs: Procs, args, run_dir: Path, model_dir: Path, peers_python: 
             sys.executable, str(REPO / "ops" / "bench" / "peers_tr.py"), "--worker", waddr, "--http-port", str(hport),
             "--grpc-port", str(gport), "--temp-dir", temp_dir, "--ready-file", str(rfile)], env=env, cwd=REPO)
         tr[mode] = (p, rfile)
+        try:  # one Ray cluster at a time: two starting at once on a loaded 2-core host miss Ray's 30 s start window
+            procs.wait_until(p, rfile.exists, args.start_timeout)
+        except StartFailed as e:
+            start_failures[f"thinkroute ({mode} proxy)"] = str(e)[-1500:]
+            _say(f"thinkroute with the {mode} proxy did not start and is left out: {str(e)[:300]}")
+            del tr[mode]
     peer_env = {**env_common, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_DATASETS_OFFLINE": "1",
                 "OPENAI_API_KEY": "unused"}
     lport, rport = free_port(), free_port()

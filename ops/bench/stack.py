@@ -57,3 +57,101 @@ def start_stack(backend: str, model: str, log_name: str, extra_apps: dict | None
         raise
 
     return Stack(w.address, f"127.0.0.1:{gport}", f"http://127.0.0.1:{hport}", stop)
+
+
+# -- one Ray Serve cluster of the router-overhead benchmark, as its own process ------------------------
+OVERHEAD_MODEL = "smollm2-135m"
+
+
+def overhead_configs(worker_a: str, worker_b: str, redis_url: str | None):
+    """The two router configs router_overhead.py compares, for requests that fix the model:
+
+    - `fixed`: the lightest config: one worker, no policy, the load scorer only, no Redis;
+    - `default`: the embedded default's router settings (policy on, scorers load + prefix + session, the
+      prefix scorer reading the Redis prefix index) over two drafter replicas, so every model call picks
+      between two replicas (a Tokenize RPC and a Redis read). The reasoner is left out (a request that
+      fixes the drafter never calls it): roles and policy candidates name the drafter only.
+    """
+    from router.config import load_config
+
+    m = OVERHEAD_MODEL
+    fixed = load_config(overrides={"models": {m: {"backend": "vllm", "replicas": 0, "addresses": [worker_a]}},
+                                   "router.default_model": m, "router.roles": {}, "policy": None,
+                                   "redis.enabled": False, "router.scorers": [{"name": "load"}]})
+    default = load_config(overrides={
+        "models": {m: {"backend": "vllm", "replicas": 0, "addresses": [worker_a, worker_b]}},
+        "router.roles": {"small": m, "large": m},
+        "policy.prices": {m: 0.05},
+        "policy.candidates": {"drafter": {"strategy": "direct", "model": m}, "specreason": {"strategy": "specreason"}},
+        "policy.priors": {"drafter": {"p_correct": 0.05, "tokens": {m: 128}},
+                          "specreason": {"p_correct": 0.06, "tokens": {m: 160}}},
+        "redis.enabled": redis_url is not None})
+    for s in default.router.scorers:
+        if s.name == "prefix" and redis_url:
+            s.params["redis_url"] = redis_url
+    return fixed, default
+
+
+def serve_overhead_apps() -> int:
+    """`python ops/bench/stack.py --worker-a A --worker-b B ...`: a local Ray (private temp dir) with Ray
+    Serve's gRPC ingress and three apps: `echo` (a no-op Router.Generate: the ingress floor), `fixed` and
+    `default` (overhead_configs). The ingress (Python proxy or HAProxy) comes from the environment the
+    parent sets (router/ingress.py). Writes --ready-file once all apps run; serves until SIGTERM."""
+    import argparse
+    import json
+    import os
+    import signal
+    import time
+
+    sys.path.insert(0, str(REPO))
+    ap = argparse.ArgumentParser(description=serve_overhead_apps.__doc__)
+    ap.add_argument("--worker-a", required=True)
+    ap.add_argument("--worker-b", required=True)
+    ap.add_argument("--redis-url", default=None)
+    ap.add_argument("--grpc-port", type=int, required=True)
+    ap.add_argument("--http-port", type=int, required=True)
+    ap.add_argument("--temp-dir", required=True)
+    ap.add_argument("--ready-file", required=True)
+    args = ap.parse_args()
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    from router.serve_app import ROUTER_SERVICER, build_app
+    from thinkroute.v1 import router_pb2 as rpb
+
+    class EchoRouter:
+        """Answers thinkroute.v1.Router/Generate at once: the cost of the ingress hop alone."""
+
+        async def Generate(self, request, grpc_context=None):
+            return rpb.RouteResponse(text="", request_id=request.request_id)
+
+    fixed, default = overhead_configs(args.worker_a, args.worker_b, args.redis_url)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", _temp_dir=args.temp_dir,
+                 _node_ip_address="127.0.0.1")
+        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=args.http_port),
+                    grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[ROUTER_SERVICER]))
+        serve.run(serve.deployment(EchoRouter, name="echo", ray_actor_options={"num_cpus": 0}).bind(),
+                  name="echo", route_prefix="/echo")
+        serve.run(build_app(fixed, {OVERHEAD_MODEL: [args.worker_a]}), name="fixed", route_prefix="/fixed")
+        serve.run(build_app(default, {OVERHEAD_MODEL: [args.worker_a, args.worker_b]}), name="default",
+                  route_prefix="/default")
+        Path(args.ready_file).write_text(json.dumps({"grpc": f"127.0.0.1:{args.grpc_port}", "pid": os.getpid()}))
+        while not stop["now"]:
+            time.sleep(0.2)
+    finally:
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve_overhead_apps())
