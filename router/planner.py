@@ -5,30 +5,15 @@ when configured; else the config's default strategy. Options are validated here,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from router import sessions
 from router.config import Config
 from router.errors import InvalidRoute, NotFound
+from router.plan_schema import CONSTRAINED_STRATEGIES, Plan, constrained_turn  # noqa: F401 - re-exported
 from router.strategies import get_strategy
 from router.strategies.base import Strategy
 from router.types import RouteQuery
-
-
-#: Strategies whose answer is one model call that honours `RouteQuery.constraint` (structured output, forced
-#: tool calls) and whose output is the model's own text (so a tool call in it reaches the caller intact).
-#: Tool-calling and structured-output turns go only to these; the pair strategies mix two models' text.
-CONSTRAINED_STRATEGIES = frozenset({"direct"})
-
-
-def constrained_turn(query: RouteQuery) -> str:
-    """Why this turn needs a plan from CONSTRAINED_STRATEGIES ("" when it does not)."""
-    if query.tools:
-        return "a tool-calling turn (tools declared)"
-    if query.constraint is not None:
-        return "a structured-output turn (response_format)"
-    return ""
 
 
 def check_constrained(strategy: str, query: RouteQuery) -> None:
@@ -37,21 +22,6 @@ def check_constrained(strategy: str, query: RouteQuery) -> None:
     if why and strategy not in CONSTRAINED_STRATEGIES:
         raise InvalidRoute(f"strategy {strategy!r} cannot run {why}: only {sorted(CONSTRAINED_STRATEGIES)} can; "
                            "name a model (e.g. model=smollm2-135m) or let the policy choose (model=thinkroute)")
-
-
-@dataclass
-class Plan:
-    strategy: Strategy
-    models: dict[str, str]
-    reason: str
-    dial: float
-    candidates: dict[str, Any] = field(default_factory=dict)
-    session: str = ""  # the agent session key this plan serves (router/sessions.py); "" = none
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy.name, "models": dict(self.models), "reason": self.reason,
-                "dial": self.dial, "candidates": self.candidates,
-                "options": self.strategy.options.model_dump(), "session": self.session}
 
 
 class Planner:
@@ -130,6 +100,17 @@ class Planner:
         cls = get_strategy(name)
         options = cls.parse_options(self.config.router.strategies.get(name), request=query.options)
         return Plan(strategy=cls(options), models=self._models_for(cls, query), reason=reason, dial=dial, session=key)
+
+
+    def fallback(self, plan: Plan, query: RouteQuery, error: Exception) -> Plan | None:
+        """The next plan after `plan` failed with an unavailable pool before answering: the policy's next
+        ranked plan (its trace says why), or None (a plan fixed by the request, or none left)."""
+        if self.policy is None or not plan.name or not hasattr(self.policy, "fallback"):
+            return None
+        nxt = self.policy.fallback(plan, query, error)
+        if nxt is not None:
+            nxt.session = plan.session
+        return nxt
 
 
 class DialStore:

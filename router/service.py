@@ -15,7 +15,7 @@ from router.admission import Admission, check_caps
 from router.answers import extract_final_answer
 from router.cache_salt import tenant_cache_salt
 from router.config import Config
-from router.errors import InvalidRoute
+from router.errors import InvalidRoute, ModelCallError, NoReplica
 from router.planner import DialStore, Planner
 from router import request_ids
 from router.pool import WorkerPool
@@ -62,11 +62,11 @@ class RouterCore:
                     raise InvalidRoute(f"messages[{i}].role is {m.role!r}; valid roles are system, user, assistant, tool")
         if query.max_tokens < 0:
             raise InvalidRoute(f"max_tokens must be >= 0 (0 = default {self.config.router.max_tokens}); got {query.max_tokens}")
-        if query.temperature < 0:
+        if not query.temperature >= 0:  # NaN too
             raise InvalidRoute(f"temperature must be >= 0; got {query.temperature}")
         if not 0 <= query.top_p <= 1:
             raise InvalidRoute(f"top_p must be in [0, 1]; got {query.top_p}")
-        if query.max_cost < 0 or query.max_latency_ms < 0:
+        if not (query.max_cost >= 0 and query.max_latency_ms >= 0):  # NaN too
             raise InvalidRoute("max_cost and max_latency_ms must be >= 0 (0 = no limit)")
         if query.max_tokens == 0:
             query.max_tokens = self.config.router.max_tokens
@@ -91,13 +91,25 @@ class RouterCore:
         self.validate(query)
         with trace.stage("plan"):
             plan = await self.planner.plan(query, self.pool)
-            infos = {role: await self.pool.info(model) for role, model in plan.models.items()}
-            await plan.strategy.check_plan(infos)
-        trace.plan = plan.to_dict()
-        ctx = Context(self.pool, plan.models, trace, deadline, emit,
-                      cache_salt=tenant_cache_salt(self.config.redis, query.tenant))
-        with trace.stage("execute"):
-            result = await plan.strategy.answer(query, ctx)  # run, then flush the unstreamed rest
+        while True:  # the policy's plan, then (its pool unavailable, nothing answered yet) the next ranked plans
+            ctx = None
+            try:
+                with trace.stage("plan"):
+                    infos = {role: await self.pool.info(model) for role, model in plan.models.items()}
+                    await plan.strategy.check_plan(infos)
+                trace.plan = plan.to_dict()
+                ctx = Context(self.pool, plan.models, trace, deadline, emit,
+                              cache_salt=tenant_cache_salt(self.config.redis, query.tenant))
+                with trace.stage("execute"):
+                    result = await plan.strategy.answer(query, ctx)  # run, then flush the unstreamed rest
+                break
+            except (NoReplica, ModelCallError) as e:
+                if e.grpc_code != "UNAVAILABLE" or (ctx is not None and ctx.emitted):
+                    raise
+                nxt = self.planner.fallback(plan, query, e)
+                if nxt is None:
+                    raise
+                plan = nxt
         trace.details.update(result.details)
         if self.replica_id:
             trace.details["router_replica"] = self.replica_id

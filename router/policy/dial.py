@@ -15,9 +15,11 @@ import math
 import re
 from dataclasses import dataclass
 
+from router.errors import InvalidRoute
 
-class DialError(ValueError):
-    """An invalid dial value or dial configuration."""
+
+class DialError(InvalidRoute):
+    """An invalid dial value or dial configuration (a ValueError; INVALID_ARGUMENT / HTTP 400 at an ingress)."""
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
 from router.errors import InvalidRoute
+from router.plan_schema import (  # noqa: F401 - CandidatePlan, PlanPrior, LivePolicyConfig re-exported (old import path)
+    CONSTRAINED_STRATEGIES, CandidatePlan, LivePolicyConfig, Plan, PlanPrior, constrained_turn)
 from router.policy.dial import DialConfig
 from router.policy.policy import NoFeasiblePlan, Policy, PolicyConfig, Prediction, choose
 from router.strategies import get_strategy
@@ -29,48 +29,7 @@ from workers.types import PromptInput
 
 if TYPE_CHECKING:
     from router.config import Config
-    from router.planner import Plan, Planner
-
-
-class CandidatePlan(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    strategy: str
-    """Strategy name (direct, specreason, specthink, cothink, hawkeye)."""
-    model: str | None = None
-    """For `direct`: the model that answers."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Strategy knobs for this candidate."""
-
-
-class PlanPrior(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    p_correct: float = Field(ge=0, le=1)
-    """Prior probability of a correct answer."""
-    tokens: dict[str, float] = Field(default_factory=dict)
-    """Expected generated tokens per model name."""
-
-
-class LivePolicyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    candidates: dict[str, CandidatePlan]
-    """Plans the policy chooses among, by name."""
-    prices: dict[str, float] = Field(default_factory=dict)
-    """USD per million tokens (prompt and generated) per model name."""
-    priors: dict[str, PlanPrior] = Field(default_factory=dict)
-    """Per-plan priors used when no artifact is configured."""
-    artifact: str | None = None
-    """Directory of a saved `Policy` (probe on the drafter's hidden states); None = priors."""
-    drafter_role: str = "small"
-    """Role (router.roles) of the model whose hidden states the probe reads."""
-    layers: list[int] | None = None
-    """Hidden-state layers the probe reads; None = the artifact's feature spec (when set, it must match it)."""
-    dial: dict[str, float] = Field(default_factory=dict)
-    """lambda(dial) mapping overrides (lam_max, lam_min, cost_scale), see router/policy/dial.py."""
-    cache_size: int = Field(4096, ge=0)
-    """Queries whose hidden states are kept (by sha256 of the text)."""
+    from router.planner import Planner
 
 
 class PlanningPolicy:
@@ -90,6 +49,12 @@ class PlanningPolicy:
         if self.spec.artifact:
             self.policy, self.request = load_servable_artifact(self.spec.artifact, list(self.spec.candidates),
                                                                self.spec.layers, self._expected_model_id())
+        # A text-feature artifact (noise / prompt length baselines, router/learn/textfeat.py): no worker call.
+        self.text_source = None
+        if self.policy is not None and self.request is None:
+            from router.learn.textfeat import source_for_spec
+
+            self.text_source = source_for_spec(self.policy.probe.feature_spec)
         if self.policy is None:
             missing = [n for n in self.spec.candidates if n not in self.spec.priors]
             if missing:
@@ -105,7 +70,7 @@ class PlanningPolicy:
 
     async def check_served(self, pool) -> None:
         """Refuse the artifact unless the drafter's workers serve the model it was trained on (Info)."""
-        if self.policy is None or self._served_checked:
+        if self.policy is None or self._served_checked or self.request is None:
             return
         served = await pool.served_model_id(self.drafter)
         check_model_identity(self.policy, served, self.drafter)
@@ -134,6 +99,8 @@ class PlanningPolicy:
         if key in self._features:
             self._features.move_to_end(key)
             return self._features[key], {"cached": True}
+        if self.text_source is not None:
+            return self.text_source.features([text])[0], {"cached": False, "computed": "in the router (text features)"}
         await self.check_served(pool)
         rows, served, record = await pool.hidden_features(self.drafter, [PromptInput(text=text)], self.request,
                                                           deadline=deadline)
@@ -146,23 +113,20 @@ class PlanningPolicy:
         return vec, {"cached": False, "latency_ms": record.latency_ms, "replica": record.replica}
 
     async def plan(self, query: RouteQuery, dial: float, planner: "Planner", pool=None) -> "Plan":
-        from router.planner import Plan
-
         t0 = time.perf_counter()
         text = query.rendered_text()  # the whole conversation: system prompt, history, tool results
         prompt_tokens = max(1, len(text) // 4)
-        probe_info: dict[str, Any] = {"source": "priors (configured, not measured)"}
+        probe_info: dict[str, Any] = {"kind": "priors", "source": "priors (configured, not measured)"}
         if self.policy is not None:
             if pool is None:
                 raise RuntimeError("the probe policy needs the worker pool for hidden states")
             feats, info = await self.features(pool, text, time.monotonic() + 30.0)
             predictions = self.policy.predict(feats, prompt_tokens)
-            probe_info = {"source": f"probe artifact {self.spec.artifact}", "drafter": self.drafter, **info}
+            probe_info = {"kind": "probe", "source": f"probe artifact {self.spec.artifact}", "drafter": self.drafter,
+                          "features": self.policy.probe.feature_spec.get("source"), **info}
         else:
             predictions = self._prior_predictions(prompt_tokens)
         # A tool-calling / structured-output turn: only plans that honour the constraint may answer it.
-        from router.planner import CONSTRAINED_STRATEGIES, constrained_turn
-
         why = constrained_turn(query)
         excluded = {n: f"{why}: strategy {self.spec.candidates[n].strategy!r} cannot honour it"
                     for n in predictions if self.spec.candidates[n].strategy not in CONSTRAINED_STRATEGIES} if why else {}
@@ -176,12 +140,8 @@ class PlanningPolicy:
                 decision = self.policy.choose(predictions, dial, **limits)
             else:
                 decision = choose(predictions, dial, self._prior_config, np.random.default_rng(0), explore=False, **limits)
-        except NoFeasiblePlan as e:
-            raise InvalidRoute(str(e)) from e
-        chosen = self.spec.candidates[decision.plan]
-        cls = get_strategy(chosen.strategy)
-        options = cls.parse_options(self.config.router.strategies.get(chosen.strategy), chosen.options,
-                                    request=query.options)
+        except NoFeasiblePlan:
+            raise  # an InvalidRoute (router/errors.py): the client relaxes a limit
         candidates = {
             "ranked": [{"plan": c.plan, "p_correct": c.p_correct, "cost": c.cost, "latency_ms": c.latency_ms,
                         "utility": c.utility} for c in decision.ranked],
@@ -192,12 +152,83 @@ class PlanningPolicy:
         }
         if excluded:
             candidates["excluded"] = excluded
-        winner = decision.ranked[0]
-        reason = f"policy: {decision.plan} has the highest utility at dial {dial:.2f} ({winner.reason})"
+        # Fall down the ranking past plans whose pools have no live replica now (the trace says which).
+        order = [c.plan for c in decision.ranked]
+        skipped = {}
+        for name in order:
+            down = [m for m in sorted(set(self._models_of(self.spec.candidates[name]).values())) if not _pool_up(pool, m)]
+            if not down:
+                break
+            skipped[name] = f"pool {down[0]!r} has no live replica"
+        else:
+            name = order[0]  # every pool is down: try the best plan anyway; the pool says NoReplica
+            skipped = {}
+        if skipped:
+            candidates["fallback"] = [{"plan": n, "reason": r} for n, r in skipped.items()]
+        winner = next(c for c in decision.ranked if c.plan == name)
+        reason = f"policy: {name} has the highest utility at dial {dial:.2f} ({winner.reason})"
+        if skipped:
+            reason = (f"policy: fell back to {name} (rank {order.index(name) + 1}) because "
+                      + "; ".join(f"{n}: {r}" for n, r in skipped.items()) + f" ({winner.reason})")
         if excluded:
             reason += f"; {why}: only {sorted(predictions)} can run it"
+        return self.plan_named(name, query, dial, candidates, reason)
+
+    def plan_named(self, name: str, query: RouteQuery, dial: float, candidates: dict[str, Any], reason: str) -> Plan:
+        """The Plan for candidate `name`. The request's strategy knobs apply to the chosen strategy only: a knob
+        that belongs to another candidate's strategy is ignored (listed in the trace under
+        `candidates.ignored_options`), a knob of no candidate strategy is refused (InvalidRoute naming them)."""
+        chosen = self.spec.candidates[name]
+        cls = get_strategy(chosen.strategy)
+        own, ignored = self._split_request_options(cls, query.options or {})
+        options = cls.parse_options(self.config.router.strategies.get(chosen.strategy), chosen.options, request=own)
+        candidates = dict(candidates)
+        if ignored:
+            candidates["ignored_options"] = ignored
         return Plan(strategy=cls(options), models=self._models_of(chosen), reason=reason, dial=dial,
-                    candidates=candidates)
+                    candidates=candidates, name=name)
+
+    def _split_request_options(self, cls, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        fields = cls.Options.model_fields
+        own = {k: v for k, v in options.items() if k in fields}
+        other = [k for k in options if k not in fields]
+        if not other:
+            return own, {}
+        known: dict[str, list[str]] = {}
+        for cand in self.spec.candidates.values():
+            for k in get_strategy(cand.strategy).Options.model_fields:
+                known.setdefault(k, []).append(cand.strategy)
+        unknown = [k for k in other if k not in known]
+        if unknown:
+            raise InvalidRoute(f"unknown strategy options {sorted(unknown)}: no policy candidate's strategy has them "
+                               f"(valid knobs: {sorted(known)})")
+        return own, {k: f"a knob of {sorted(set(known[k]))}, not of the chosen strategy {cls.name!r}" for k in other}
+
+    def fallback(self, plan: Plan, query: RouteQuery, error: Exception) -> Plan | None:
+        """The next ranked plan after `plan` failed with `error` (its pool unavailable) before answering anything,
+        skipping plans that use the failed plan's models; None when no ranked plan is left."""
+        order = [r["plan"] for r in plan.candidates.get("ranked", [])]
+        if plan.name not in order:
+            return None
+        failed = set(plan.models.values())
+        tried = [f["plan"] for f in plan.candidates.get("fallback", [])] + [plan.name]
+        for name in order[order.index(plan.name) + 1:]:
+            if set(self._models_of(self.spec.candidates[name]).values()) & failed:
+                continue
+            candidates = dict(plan.candidates)
+            candidates["fallback"] = [*plan.candidates.get("fallback", []),
+                                      {"plan": plan.name, "reason": f"failed before answering: {error}"}]
+            reason = (f"policy: fell back to {name} (rank {order.index(name) + 1}) because "
+                      f"{', '.join(tried[-1:])} failed: {error}")
+            return self.plan_named(name, query, plan.dial, candidates, reason)
+        return None
+
+
+def _pool_up(pool, model: str) -> bool:
+    """False when the pool knows `model` and has no replica of it that is not marked down (None pool: up)."""
+    if pool is None or not hasattr(pool, "has_live_replica"):
+        return True
+    return pool.has_live_replica(model)
 
 
 def check_model_identity(policy: Policy, served_model_id: str, pool_name: str) -> None:
@@ -216,12 +247,18 @@ def load_servable_artifact(path: str, plans: list[str], layers: list[int] | None
     Raises InvalidRoute naming the difference."""
     from probes.features import feature_request
     from probes.probe import ProbeError
+    from router.learn.serving import resolve_artifact
+    from router.learn.textfeat import is_text_spec
 
+    path = resolve_artifact(path)  # relative: the cwd, else the repository root
     try:
         policy = Policy.load(path)
     except (ProbeError, OSError, ValueError) as e:
         raise InvalidRoute(f"policy.artifact {path}: {e}") from e
     spec = policy.probe.feature_spec
+    if is_text_spec(spec):  # computed by the router itself: no drafter, no HiddenState call
+        _check_plans(path, policy, plans)
+        return policy, None
     try:
         request = feature_request(spec)
     except ValueError as e:
@@ -232,11 +269,15 @@ def load_servable_artifact(path: str, plans: list[str], layers: list[int] | None
         raise InvalidRoute(f"policy.layers {list(layers)} differ from the artifact's feature spec layers {request['layers']}; "
                            "drop policy.layers or retrain the artifact on those layers")
     check_model_identity(policy, model_id, "(configured drafter)")
+    _check_plans(path, policy, plans)
+    return policy, request
+
+
+def _check_plans(path: str, policy: Policy, plans: list[str]) -> None:
     if sorted(policy.plans) != sorted(plans):
         missing, extra = sorted(set(plans) - set(policy.plans)), sorted(set(policy.plans) - set(plans))
         raise InvalidRoute(f"policy.artifact {path} predicts plans {policy.plans} but policy.candidates are {plans}"
                            f" (candidates without a prediction: {missing}; artifact plans not candidates: {extra})")
-    return policy, request
 
 
 def build_planning_policy(config: "Config") -> PlanningPolicy:

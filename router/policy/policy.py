@@ -34,18 +34,21 @@ from pathlib import Path
 import numpy as np
 
 from probes.probe import FeatureSelect, Probe, ProbeConfig, _logit, _sigmoid
+from router import errors
 from router.policy.costs import SystemPrice
 from router.policy.dial import DialConfig, lam, validate_dial
 
 DEFAULT_TASK = ""
 
 
-class RoutingError(Exception):
-    """Base of policy errors the router maps to a client-facing status."""
+class RoutingError(errors.InvalidRoute):
+    """Base of policy errors: part of router/errors.py's hierarchy, so an ingress answers them with their
+    own status (INVALID_ARGUMENT / HTTP 400 by default) and the message, never as an internal error."""
 
 
 class NoFeasiblePlan(RoutingError):
-    pass
+    """No plan meets the request's hard limits (max_cost, max_latency_ms): the client must relax one.
+    gRPC FAILED_PRECONDITION is not used because the fix is in the request: INVALID_ARGUMENT / 400."""
 
 
 @dataclass

@@ -1,0 +1,99 @@
+"""The plan and the live policy's config schema: data only, imported by config, planner and policy alike.
+
+Dependency direction (no cycles):
+
+    router.plan_schema  <-  router.config  <-  router.planner
+            ^                                       |
+            +---------- router.policy.planning  <---+ (the planner holds a planning policy, by duck type)
+
+This module imports no runtime router module except the `Strategy` base (for `Plan.strategy`'s type)
+and `router.types.RouteQuery` (for `constrained_turn`). `router.planner` and `router.policy.planning`
+re-export the names they used to define, so old imports keep working.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.strategies.base import Strategy
+from router.types import RouteQuery
+
+#: Strategies whose answer is one model call that honours `RouteQuery.constraint` (structured output, forced
+#: tool calls) and whose output is the model's own text (so a tool call in it reaches the caller intact).
+#: Tool-calling and structured-output turns go only to these; the pair strategies mix two models' text.
+CONSTRAINED_STRATEGIES = frozenset({"direct"})
+
+
+def constrained_turn(query: RouteQuery) -> str:
+    """Why this turn needs a plan from CONSTRAINED_STRATEGIES ("" when it does not)."""
+    if query.tools:
+        return "a tool-calling turn (tools declared)"
+    if query.constraint is not None:
+        return "a structured-output turn (response_format)"
+    return ""
+
+
+@dataclass
+class Plan:
+    """What the planner decided for one request: the strategy (with its parsed knobs), the model per role,
+    why, at which dial, and the policy's candidates (ranked, rejected, fallbacks) for the trace."""
+
+    strategy: Strategy
+    models: dict[str, str]
+    reason: str
+    dial: float
+    candidates: dict[str, Any] = field(default_factory=dict)
+    session: str = ""  # the agent session key this plan serves (router/sessions.py); "" = none
+    #: The policy's plan name (a `policy.candidates` key) when the policy chose it; "" otherwise.
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"strategy": self.strategy.name, "models": dict(self.models), "reason": self.reason,
+               "dial": self.dial, "candidates": self.candidates,
+               "options": self.strategy.options.model_dump(), "session": self.session}
+        if self.name:
+            out["plan"] = self.name
+        return out
+
+
+class CandidatePlan(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    strategy: str
+    """Strategy name (direct, specreason, specthink, cothink, hawkeye)."""
+    model: str | None = None
+    """For `direct`: the model that answers."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Strategy knobs for this candidate."""
+
+
+class PlanPrior(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    p_correct: float = Field(ge=0, le=1)
+    """Prior probability of a correct answer."""
+    tokens: dict[str, float] = Field(default_factory=dict)
+    """Expected generated tokens per model name."""
+
+
+class LivePolicyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    candidates: dict[str, CandidatePlan]
+    """Plans the policy chooses among, by name."""
+    prices: dict[str, float] = Field(default_factory=dict)
+    """USD per million tokens (prompt and generated) per model name."""
+    priors: dict[str, PlanPrior] = Field(default_factory=dict)
+    """Per-plan priors used when no artifact is configured."""
+    artifact: str | None = None
+    """Directory of a saved `Policy` (probe on the drafter's hidden states); None = priors."""
+    drafter_role: str = "small"
+    """Role (router.roles) of the model whose hidden states the probe reads."""
+    layers: list[int] | None = None
+    """Hidden-state layers the probe reads; None = the artifact's feature spec (when set, it must match it)."""
+    dial: dict[str, float] = Field(default_factory=dict)
+    """lambda(dial) mapping overrides (lam_max, lam_min, cost_scale), see router/policy/dial.py."""
+    cache_size: int = Field(4096, ge=0)
+    """Queries whose hidden states are kept (by sha256 of the text)."""
