@@ -1,0 +1,55 @@
+"""Plans that differ only by reasoning mode: one model, `direct`, options {thinking: ...}; the dial trades the
+thinking tokens (in the plan's expected generated tokens) against expected quality (pure logic, no workers)."""
+from __future__ import annotations
+
+import pytest
+
+from router.config import load_config
+from router.planner import DialStore, Planner
+from router.policy.planning import PlanningPolicy
+from router.types import RouteQuery
+
+CANDIDATES = {
+    "smollm2-135m:no_think": {"strategy": "direct", "model": "smollm2-135m", "options": {"thinking": "off"}},
+    "smollm2-135m:budget=512": {"strategy": "direct", "model": "smollm2-135m", "options": {"thinking": "budget=512"}},
+    "smollm2-135m:effort=high": {"strategy": "direct", "model": "smollm2-135m", "options": {"thinking": "effort=high"}},
+}
+# generated tokens include the thinking span: more thinking, more cost, higher prior quality
+PRIORS = {
+    "smollm2-135m:no_think": {"p_correct": 0.06, "tokens": {"smollm2-135m": 20}},
+    "smollm2-135m:budget=512": {"p_correct": 0.09, "tokens": {"smollm2-135m": 540}},
+    "smollm2-135m:effort=high": {"p_correct": 0.10, "tokens": {"smollm2-135m": 2000}},
+}
+
+
+@pytest.fixture(scope="module")
+def planner():
+    cfg = load_config(overrides={"policy.candidates": CANDIDATES, "policy.priors": PRIORS})
+    return Planner(cfg, DialStore(cfg.dial.default), PlanningPolicy(cfg)), cfg
+
+
+async def test_the_dial_moves_across_thinking_levels_of_one_model(planner):
+    pl, _ = planner
+    chosen = []
+    for d in (0.0, 0.5, 1.0):
+        plan = await pl.plan(RouteQuery(query="Who wrote the Principia?", dial=d))
+        assert plan.models == {"model": "smollm2-135m"} and plan.strategy.name == "direct"
+        chosen.append(plan.strategy.options.thinking)
+    assert chosen[0] == "off" and chosen[-1] == "effort=high"
+
+
+async def test_thinking_tokens_are_priced_and_ranked(planner):
+    pl, cfg = planner
+    plan = await pl.plan(RouteQuery(query="Who wrote the Principia?", dial=1.0))
+    costs = {r["plan"]: r["cost"] for r in plan.candidates["ranked"]}
+    assert costs["smollm2-135m:no_think"] < costs["smollm2-135m:budget=512"] < costs["smollm2-135m:effort=high"]
+    price = cfg.policy.prices["smollm2-135m"]
+    assert costs["smollm2-135m:effort=high"] - costs["smollm2-135m:no_think"] == pytest.approx(price * (2000 - 20) / 1e6)
+
+
+def test_a_bad_thinking_knob_in_a_candidate_fails_at_plan_time_naming_it(planner):
+    from router.errors import InvalidRoute
+    from router.strategies import get_strategy
+
+    with pytest.raises((InvalidRoute, ValueError), match="thinking"):
+        get_strategy("direct").parse_options(None, {"thinking": "budget=0"})
