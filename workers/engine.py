@@ -70,5 +70,10 @@ class Engine(ABC):
         """False once the engine can no longer serve (the server then reports NOT_SERVING)."""
         return True
 
+    def kv_cache_usage(self) -> float | None:
+        """Fraction [0, 1] of the engine's KV cache in use now (workers/metrics.py), or None when the backend
+        does not report it. Called from the metrics exporter's thread: read a cached number, never block."""
+        return None
+
     async def shutdown(self) -> None:
         """Release the model. In-flight requests have been drained by the server already."""

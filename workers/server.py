@@ -31,6 +31,7 @@ from thinkroute.v1 import worker_pb2_grpc as pb_grpc
 from workers import limits, thinking, wire
 from workers.config import EngineConfig
 from workers.engine import Engine
+from workers.metrics import WorkerMetrics, serve_metrics
 from workers.kv.published import engine_kv_namespace, namespace_to_pb
 from workers.errors import Draining, EngineDead, InvalidRequest, QueueFull, WorkerError
 from workers.prompts import PromptRenderer
@@ -85,6 +86,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.requests_total = 0
         self._gen_times: deque[tuple[float, int]] = deque(maxlen=4096)
         self.on_engine_dead = lambda: None
+        #: Autoscaling signals: Prometheus /metrics (vLLM's names) and the windowed numbers of `Load`.
+        self.metrics = WorkerMetrics(getattr(getattr(engine, "info", None), "model_id", "") or cfg.model,
+                                     running=lambda: self.admission.running, waiting=lambda: self.admission.queued,
+                                     kv_usage=getattr(engine, "kv_cache_usage", lambda: None))
+        #: Port of the Prometheus endpoint (serve_worker sets it when it serves one), reported in Load.
+        self.metrics_port = 0
         #: The KV connector's block-hash namespace (workers/kv/published.py), published in Info; None = no connector.
         self.kv_namespace = None
 
@@ -159,6 +166,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             log.info("generate request_id=%r prompt_tokens=%d max_tokens=%d", request.request_id, len(ids),
                      sampling.max_tokens)
             self.requests_total += 1
+            timer = self.metrics.request()
             async with self.admission.slot():
                 if forcing:
                     stream = thinking.generate_with_thinking(
@@ -169,8 +177,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 try:
                     async for chunk in stream:
                         msg = pb.GenerateResponse(text_delta=chunk.text, token_ids=chunk.token_ids)
+                        timer.tokens(len(chunk.token_ids))
                         if chunk.final is not None:
                             msg.final.CopyFrom(wire.final_to_pb(chunk.final))
+                            f = chunk.final
+                            timer.finish(f.prompt_tokens, f.generated_tokens, f.cached_prompt_tokens,
+                                         wire.finish_name(msg.final.finish_reason))
                             self._gen_times.append((time.monotonic(), chunk.final.generated_tokens))
                             log.info("generate done request_id=%r generated_tokens=%d", request.request_id,
                                      chunk.final.generated_tokens)
@@ -260,7 +272,17 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             running=self.admission.running, queued=self.admission.queued,
             max_concurrency=self.admission.concurrency, max_queue=self.admission.max_queue,
             generated_tokens_per_s=recent / 60.0, requests_total=self.requests_total,
+            **_window_fields(self.metrics.window()), metrics_port=self.metrics_port,
         )
+
+
+def _window_fields(w) -> dict:
+    """LoadResponse's autoscaling fields from a workers.metrics.Window."""
+    out = dict(prompt_tokens_per_s=w.prompt_tokens_per_s, ttft_p50_ms=w.ttft_p50_ms, ttft_p95_ms=w.ttft_p95_ms,
+               itl_p50_ms=w.itl_p50_ms, itl_p95_ms=w.itl_p95_ms, prefix_cache_hit_rate=w.prefix_cache_hit_rate)
+    if w.kv_cache_usage is not None:
+        out["kv_cache_usage"] = w.kv_cache_usage
+    return out
 
 
 def _progress(msg: str) -> None:
@@ -281,12 +303,14 @@ def server_credentials(cert_file: str, key_file: str) -> grpc.ServerCredentials:
 async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0, grace_s: float = 30.0,
                        replica_id: str | None = None, ready_file: str | None = None,
                        tls_cert_file: str | None = None, tls_key_file: str | None = None,
-                       registration: "RegistrationConfig | None" = None) -> int:
+                       registration: "RegistrationConfig | None" = None, metrics_port: int | None = None) -> int:
     """Load the engine, serve until SIGTERM/SIGINT (drain, then exit 0) or engine death (exit 3).
 
     `port=0` picks a free port; the bound address is printed as `READY host:port` on stdout and,
     when `ready_file` is given, written there (how `thinkroute serve` and the tests find it).
     With `tls_cert_file` and `tls_key_file` (PEM) the port serves TLS only.
+    With `metrics_port` (0 = a free one) Prometheus `GET /metrics` is served on host:metrics_port
+    (workers/metrics.py: vLLM's metric names), reported in `Load.metrics_port`.
     With `registration` the worker registers itself in Redis once serving and heartbeats until it drains
     (workers/registration.py); a failing first registration stops it (exit 2 through WorkerError).
     """
@@ -324,6 +348,10 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
     if bound == 0:
         raise RuntimeError(f"could not bind {host}:{port}: is the port in use?")
     await server.start()
+    metrics_server = None
+    if metrics_port is not None:  # Prometheus GET /metrics beside the gRPC port (workers/metrics.py)
+        metrics_server, servicer.metrics_port = serve_metrics(servicer.metrics, host, metrics_port)
+        _progress(f"Prometheus metrics on http://{host}:{servicer.metrics_port}/metrics")
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     address = f"{host}:{bound}"
     if ready_file:
@@ -356,6 +384,8 @@ async def serve_worker(cfg: EngineConfig, host: str = "127.0.0.1", port: int = 0
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     _progress(f"draining (up to {grace_s:.0f} s for {servicer.admission.running + servicer.admission.queued} requests)")
     await server.stop(grace_s if exit_code == 0 else 1.0)
+    if metrics_server is not None:
+        metrics_server.shutdown()
     await engine.shutdown()
     _progress("stopped")
     return exit_code

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -164,7 +165,11 @@ class VllmEngine(Engine):
         args = self.engine_args()
         # Building the engine spawns the engine-core process and waits for it (tens of seconds):
         # do it in a thread so the event loop (health checks) stays live.
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        # The stat logger keeps the scheduler's KV-cache usage for workers/metrics.py (vLLM then collects stats;
+        # no default logger is added because disable_log_stats stays True).
+        self._kv_usage: float | None = None
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args,
+                                            stat_loggers=[functools.partial(_KvUsageLogger, self)])
         self._tokenizer = self._llm.get_tokenizer()
         self._bos_id = self._tokenizer.bos_token_id if self.spec.prepend_bos else None
         mc = self._llm.model_config
@@ -186,6 +191,10 @@ class VllmEngine(Engine):
 
     def healthy(self) -> bool:
         return self._llm is not None and self._dead is None and not self._llm.errored
+
+    def kv_cache_usage(self) -> float | None:
+        """The scheduler's last reported KV-cache usage, [0, 1] (None before the first engine step)."""
+        return getattr(self, "_kv_usage", None)
 
     def num_unfinished_requests(self) -> int:
         """Requests the engine holds now (running or waiting in its scheduler)."""
@@ -457,3 +466,27 @@ def _tokens_prompt(cls, ids: list[int], cache_salt: str):
     """vLLM's TokensPrompt; with a `cache_salt` (the tenant's), its prefix cache and the Redis KV
     connector share blocks only with requests of the same salt."""
     return cls(prompt_token_ids=ids, cache_salt=cache_salt) if cache_salt else cls(prompt_token_ids=ids)
+
+
+class _KvUsageLogger:
+    """A vLLM per-engine stat logger (duck-typed `StatLoggerBase`: vLLM calls the factory with
+    (vllm_config, engine_index) and then these methods) that keeps the scheduler's KV-cache usage on the engine.
+
+    Called by AsyncLLM's output handler on the serving loop after engine steps; O(1)."""
+
+    def __init__(self, engine: "VllmEngine", vllm_config=None, engine_index: int = 0) -> None:
+        self.engine = engine
+
+    def record(self, scheduler_stats=None, iteration_stats=None, mm_cache_stats=None, engine_idx: int = 0) -> None:
+        if scheduler_stats is not None:
+            self.engine._kv_usage = float(scheduler_stats.kv_cache_usage)
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def log(self) -> None:
+        pass
+
+    def record_sleep_state(self, is_awake: int, level: int) -> None:
+        pass
+

@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--config-json; what `thinkroute serve` uses, written 0600)")
     p.add_argument("--tls-cert-file", default=None, help="PEM certificate chain: serve TLS only (with --tls-key-file)")
     p.add_argument("--tls-key-file", default=None, help="PEM private key of --tls-cert-file (keep it mode 0600)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus GET /metrics (vLLM's metric names: vllm:num_requests_waiting, "
+                        "vllm:kv_cache_usage_perc, vllm:time_to_first_token_seconds, ...) on --host at this port; "
+                        "0 picks a free one (printed on stderr and reported by the Load RPC); default: not served")
     p.set_defaults(func=run)
 
 
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
             print("thinkroute worker: error: --tls-cert-file and --tls-key-file go together", file=sys.stderr)
             return 2
         return asyncio.run(serve_worker(cfg, args.host, args.port, args.grace, args.replica_id, args.ready_file,
-                                        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file))
+                                        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
+                                        metrics_port=args.metrics_port))
     except WorkerError as e:
         print(f"thinkroute worker: error: {e}", file=sys.stderr)
         return 2
