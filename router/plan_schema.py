@@ -13,7 +13,7 @@ re-export the names they used to define, so old imports keep working.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,13 +78,25 @@ class PlanPrior(BaseModel):
     """Expected generated tokens per model name."""
 
 
+class ModelPrice(BaseModel):
+    """A model's prices when prompt and generated tokens differ: `{in: X, out: Y}` (USD per million tokens)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+
+    price_in: float = Field(alias="in", ge=0)
+    """USD per million prompt tokens."""
+    price_out: float = Field(alias="out", ge=0)
+    """USD per million generated tokens (thinking tokens count as generated)."""
+
+
 class LivePolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     candidates: dict[str, CandidatePlan]
     """Plans the policy chooses among, by name."""
-    prices: dict[str, float] = Field(default_factory=dict)
-    """USD per million tokens (prompt and generated) per model name."""
+    prices: dict[str, Annotated[float, Field(ge=0)] | ModelPrice] = Field(default_factory=dict)
+    """USD per million tokens per model name: a number (prompt and generated alike) or `{in: X, out: Y}`
+    (cost = prompt tokens x in + generated tokens x out; router/policy/costs.py `token_cost`)."""
     priors: dict[str, PlanPrior] = Field(default_factory=dict)
     """Per-plan priors used when no artifact is configured."""
     artifact: str | None = None

@@ -1,15 +1,17 @@
 """What an answer cost: OpenAI `usage` from the trace, with `cost` in USD and a per-model breakdown.
 
 Token counts are summed over every model call of the trace (every model, every strategy step).
-Prices are the policy's (`policy.prices`: USD per million tokens, prompt and generated alike,
-per model pool). A model without a configured price costs 0, and `usage.pricing` says so.
+Prices are the policy's (`policy.prices`: USD per million tokens per model pool, a number for prompt and
+generated alike or `{in, out}`). A model without a configured price costs 0, and `usage.pricing` says so.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from router.policy.costs import token_cost
 
-def usage_from_trace(trace: dict[str, Any], prices: dict[str, float] | None = None) -> dict[str, Any]:
+
+def usage_from_trace(trace: dict[str, Any], prices: dict[str, Any] | None = None) -> dict[str, Any]:
     """OpenAI usage (+ `cost`, `models`, `pricing`) summed over the trace's per-model usage."""
     prices = prices or {}
     per = trace.get("usage", [])
@@ -23,7 +25,7 @@ def usage_from_trace(trace: dict[str, Any], prices: dict[str, float] | None = No
         m["reasoning_tokens"] += u.get("thinking_tokens", 0)
         m["calls"] += u.get("calls", 0)
     for name, m in models.items():
-        m["cost"] = (m["prompt_tokens"] + m["completion_tokens"]) * prices.get(name, 0.0) / 1e6
+        m["cost"] = token_cost(prices.get(name), m["prompt_tokens"], m["completion_tokens"])
     prompt = sum(m["prompt_tokens"] for m in models.values())
     completion = sum(m["completion_tokens"] for m in models.values())
     unpriced = sorted(n for n in models if n not in prices)

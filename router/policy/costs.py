@@ -37,3 +37,22 @@ class SystemPrice:
 
     def latency_ms(self, output_tokens):
         return self.latency_ms_base + self.latency_ms_per_token * np.asarray(output_tokens, np.float64)
+
+
+def in_out(price) -> tuple[float, float]:
+    """(USD per million prompt tokens, per million generated tokens) of one `policy.prices` entry: a number
+    (both), a `ModelPrice` / object with price_in and price_out, or a dict with `in`/`out` (or price_in/price_out)."""
+    if price is None:
+        return 0.0, 0.0
+    if isinstance(price, (int, float)):
+        return float(price), float(price)
+    if isinstance(price, dict):
+        pin = price.get("in", price.get("price_in", 0.0))
+        return float(pin), float(price.get("out", price.get("price_out", pin)))
+    return float(price.price_in), float(price.price_out)
+
+
+def token_cost(price, prompt_tokens: float, generated_tokens: float) -> float:
+    """USD of one model call at `price` (a `policy.prices` entry): prompt x in + generated x out, per 1e6."""
+    pin, pout = in_out(price)
+    return (prompt_tokens * pin + generated_tokens * pout) / 1e6

@@ -21,6 +21,7 @@ import numpy as np
 from router.errors import InvalidRoute
 from router.plan_schema import (  # noqa: F401 - CandidatePlan, PlanPrior, LivePolicyConfig re-exported (old import path)
     CONSTRAINED_STRATEGIES, CandidatePlan, LivePolicyConfig, Plan, PlanPrior, constrained_turn)
+from router.policy.costs import token_cost
 from router.policy.dial import DialConfig
 from router.policy.policy import NoFeasiblePlan, Policy, PolicyConfig, Prediction, choose
 from router.strategies import get_strategy
@@ -88,7 +89,7 @@ class PlanningPolicy:
             if name not in self.spec.candidates:
                 continue
             models = self._models_of(self.spec.candidates[name])
-            cost = sum(self.spec.prices.get(m, 0.0) * (prompt_tokens + prior.tokens.get(m, 0.0)) for m in set(models.values()))
+            cost = 1e6 * sum(token_cost(self.spec.prices.get(m), prompt_tokens, prior.tokens.get(m, 0.0)) for m in set(models.values()))
             tokens = sum(prior.tokens.values())
             out[name] = Prediction(p_correct=prior.p_correct, cost=cost / 1e6, latency_ms=200.0 + 60.0 * tokens, tokens=tokens)
         return out

@@ -150,3 +150,26 @@ async def test_a_request_fixed_plan_does_not_fall_back(cfg):
     core.pool = FakePool(down="smollm2-135m")
     with pytest.raises(NoReplica):
         await core.route(RouteQuery(query="q?", model="smollm2-135m"))
+
+
+def test_prices_may_be_one_number_or_in_and_out():
+    from router.plan_schema import LivePolicyConfig
+    from router.policy.costs import in_out, token_cost
+
+    spec = LivePolicyConfig.model_validate({"candidates": {"a": {"strategy": "direct", "model": "m"}},
+                                            "prices": {"m": {"in": 10, "out": 30}, "s": 0.5}})
+    assert in_out(spec.prices["m"]) == (10.0, 30.0) and in_out(spec.prices["s"]) == (0.5, 0.5)
+    assert token_cost(spec.prices["m"], 1000, 100) == pytest.approx((1000 * 10 + 100 * 30) / 1e6)
+    again = LivePolicyConfig.model_validate(spec.model_dump(mode="json"))  # the app ships the config as JSON
+    assert in_out(again.prices["m"]) == (10.0, 30.0)
+    with pytest.raises(ValueError):
+        LivePolicyConfig.model_validate({"candidates": {}, "prices": {"m": {"in": -1, "out": 1}}})
+
+
+def test_usage_cost_uses_in_and_out_prices():
+    from router.chat.usage import usage_from_trace
+    from router.plan_schema import ModelPrice
+
+    trace = {"usage": [{"model": "m", "prompt_tokens": 1000, "generated_tokens": 100, "calls": 1}]}
+    u = usage_from_trace(trace, {"m": ModelPrice(price_in=10, price_out=30)})
+    assert u["cost"] == pytest.approx(0.013)
