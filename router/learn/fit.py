@@ -8,6 +8,9 @@
                            (router/policy/evaluate.py: operating points fixed on training rows, the
                            method's curve = the hull of those points)
     calibration.png        out-of-fold predicted vs observed P(correct), per plan (with calibration.json)
+
+train.json also lists `operating_points`: the dials that reach route-eval's log-cost quantiles on the training
+rows (in-sample, as route-eval fixes them on a fold's training rows), for serving at a known cost.
 """
 from __future__ import annotations
 
@@ -132,6 +135,8 @@ def train_artifact(ts: TrainingSet, X: np.ndarray, spec: dict, model_id: str, ou
     ecfg = eval_config(ts, str(meta.get("name", "train") if meta else "train"), asdict(pcfg), asdict(sel), cv, seed, minilm)
     res = cross_validate(ts, X, spec, model_id, ecfg, extra, progress, bootstrap)
     cal = calibration(P, d.correct, ts.plans)
+    with threadpool_limits(1, user_api="blas"):
+        points = operating_points(policy, ts, X)
     out.mkdir(parents=True, exist_ok=True)
     policy.save(out)
     info = {
@@ -150,6 +155,7 @@ def train_artifact(ts: TrainingSet, X: np.ndarray, spec: dict, model_id: str, ou
         "cv": {"k": cv, "seed": seed, "rule": "route-eval (router/policy/evaluate.py): dials fixed on training rows at "
                "log-cost quantiles, curve = hull of those points", **summarize(res)},
         "calibration": {k: {kk: v[kk] for kk in ("brier", "ece", "base_rate")} for k, v in cal.items()},
+        "operating_points": points,
         "seconds": round(time.time() - t0, 1),
         **(meta or {}),
     }
@@ -158,6 +164,30 @@ def train_artifact(ts: TrainingSet, X: np.ndarray, spec: dict, model_id: str, ou
     if plot:
         plot_calibration(cal, out / "calibration.png", f"{model_id}: {len(d.texts)} rows, {cv}-fold out-of-fold")
     return info
+
+
+def operating_points(policy: Policy, ts: TrainingSet, X: np.ndarray) -> list[dict]:
+    """route-eval's operating points on all training rows: per log-cost quantile between the cheapest plan and
+    the most accurate one, the smallest dial whose training cost reaches it (router/policy/evaluate.py)."""
+    from router.policy.dial import lam
+    from router.policy.evaluate import QUANTILES, choose_dials
+    from router.policy.policy import choose_index
+
+    d = ts.data
+    P, C = policy.predict_arrays(X, d.prompt_tokens)[:2]
+    c = d.cost.mean(0)
+    cheap, best = int(c.argmin()), int(d.correct.mean(0).argmax())
+    lo, hi = float(c[cheap]), float(max(c[best], c[cheap]))
+    targets = np.exp(np.log(lo) + np.asarray(QUANTILES) * (np.log(hi) - np.log(lo)))
+    cfg = policy.config.dial
+    dials = choose_dials(P, C, d.cost, targets, cfg.cost_scale, cfg)
+    r = np.arange(len(P))
+    out = []
+    for q, dial in zip(QUANTILES, dials):
+        idx = choose_index(P, C, lam(dial, cfg), cfg.cost_scale)
+        out.append({"quantile": float(q), "dial": float(dial), "train_cost": float(d.cost[r, idx].mean()),
+                    "train_acc": float(d.correct[r, idx].mean())})
+    return out
 
 
 def print_summary(info: dict, file=None) -> None:
