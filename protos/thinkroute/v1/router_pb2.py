@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from thinkroute.v1 import worker_pb2 as thinkroute_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1athinkroute/v1/router.proto\x12\rthinkroute.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1athinkroute/v1/worker.proto\"\xeb\x02\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.thinkroute.v1.ChatMessage\x12\x10\n\x08strategy\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x31\n\x10strategy_options\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x13\n\x0btemperature\x18\x08 \x01(\x02\x12\r\n\x05top_p\x18\t \x01(\x02\x12\x11\n\x04seed\x18\n \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x11\n\x04\x64ial\x18\x0c \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06tenant\x18\r \x01(\t\x12\x10\n\x08max_cost\x18\x0e \x01(\x01\x12\x16\n\x0emax_latency_ms\x18\x0f \x01(\x01\x42\x07\n\x05_seedB\x07\n\x05_dial\"\xbf\x02\n\tModelCall\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07replica\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x05\x12\x12\n\nlatency_ms\x18\t \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\n \x01(\x01\x12\x15\n\rfinish_reason\x18\x0b \x01(\t\x12#\n\x1bremote_cached_prompt_tokens\x18\x0c \x01(\x05\x12\x10\n\x08\x61ttempts\x18\r \x01(\x05\x12\x17\n\x0fthinking_tokens\x18\x0e \x01(\x05\"\x92\x01\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x04 \x01(\x05\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x05\x12\x17\n\x0fthinking_tokens\x18\x06 \x01(\x05\"\xc3\x01\n\x04Plan\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12/\n\x06models\x18\x02 \x03(\x0b\x32\x1f.thinkroute.v1.Plan.ModelsEntry\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04\x64ial\x18\x04 \x01(\x01\x12+\n\ncandidates\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x02\n\x05Trace\x12!\n\x04plan\x18\x01 \x01(\x0b\x32\x13.thinkroute.v1.Plan\x12\'\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32\x18.thinkroute.v1.ModelCall\x12(\n\x05usage\x18\x03 \x03(\x0b\x32\x19.thinkroute.v1.ModelUsage\x12\x33\n\x08stage_ms\x18\x04 \x03(\x0b\x32!.thinkroute.v1.Trace.StageMsEntry\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a.\n\x0cStageMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x83\x01\n\rRouteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x0c\x66inal_answer\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12#\n\x05trace\x18\x05 \x01(\x0b\x32\x14.thinkroute.v1.Trace\"V\n\x13RouteStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12+\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1c.thinkroute.v1.RouteResponse\".\n\x0eSetDialRequest\x12\x0c\n\x04\x64ial\x18\x01 \x01(\x01\x12\x0e\n\x06tenant\x18\x02 \x01(\t\" \n\x0eGetDialRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\",\n\x0c\x44ialResponse\x12\x0c\n\x04\x64ial\x18\x01 \x01(\x01\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\'\n\x13ReloadPolicyRequest\x12\x10\n\x08\x61rtifact\x18\x01 \x01(\t\"\x82\x01\n\x14ReloadPolicyResponse\x12\x10\n\x08\x61rtifact\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\r\n\x05plans\x18\x04 \x03(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x16\n\x0e\x66\x65\x61ture_source\x18\x06 \x01(\t\"\x12\n\x10PoolStatsRequest\"\xd1\x01\n\tPoolStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x18\n\x10healthy_replicas\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x1e\n\x16generated_tokens_per_s\x18\x06 \x01(\x01\x12\x16\n\x0ep50_latency_ms\x18\x07 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x08 \x01(\x01\x12\x18\n\x10\x64\x65sired_replicas\x18\t \x01(\x05\"<\n\x11PoolStatsResponse\x12\'\n\x05pools\x18\x01 \x03(\x0b\x32\x18.thinkroute.v1.PoolStats2\xdb\x03\n\x06Router\x12\x45\n\x08Generate\x12\x1b.thinkroute.v1.RouteRequest\x1a\x1c.thinkroute.v1.RouteResponse\x12S\n\x0eGenerateStream\x12\x1b.thinkroute.v1.RouteRequest\x1a\".thinkroute.v1.RouteStreamResponse0\x01\x12\x45\n\x07SetDial\x12\x1d.thinkroute.v1.SetDialRequest\x1a\x1b.thinkroute.v1.DialResponse\x12\x45\n\x07GetDial\x12\x1d.thinkroute.v1.GetDialRequest\x1a\x1b.thinkroute.v1.DialResponse\x12N\n\tPoolStats\x12\x1f.thinkroute.v1.PoolStatsRequest\x1a .thinkroute.v1.PoolStatsResponse\x12W\n\x0cReloadPolicy\x12\".thinkroute.v1.ReloadPolicyRequest\x1a#.thinkroute.v1.ReloadPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1athinkroute/v1/router.proto\x12\rthinkroute.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1athinkroute/v1/worker.proto\"\xd7\x03\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.thinkroute.v1.ChatMessage\x12\x10\n\x08strategy\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x31\n\x10strategy_options\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nmax_tokens\x18\x07 \x01(\x05\x12\x13\n\x0btemperature\x18\x08 \x01(\x02\x12\r\n\x05top_p\x18\t \x01(\x02\x12\x11\n\x04seed\x18\n \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x11\n\x04\x64ial\x18\x0c \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06tenant\x18\r \x01(\t\x12\x10\n\x08max_cost\x18\x0e \x01(\x01\x12\x16\n\x0emax_latency_ms\x18\x0f \x01(\x01\x12\x0c\n\x04task\x18\x10 \x01(\t\x12\x1b\n\x0equality_target\x18\x11 \x01(\x01H\x02\x88\x01\x01\x12\x1a\n\rbudget_per_1k\x18\x12 \x01(\x01H\x03\x88\x01\x01\x42\x07\n\x05_seedB\x07\n\x05_dialB\x11\n\x0f_quality_targetB\x10\n\x0e_budget_per_1k\"\xbf\x02\n\tModelCall\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07replica\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x05\x12\x12\n\nlatency_ms\x18\t \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\n \x01(\x01\x12\x15\n\rfinish_reason\x18\x0b \x01(\t\x12#\n\x1bremote_cached_prompt_tokens\x18\x0c \x01(\x05\x12\x10\n\x08\x61ttempts\x18\r \x01(\x05\x12\x17\n\x0fthinking_tokens\x18\x0e \x01(\x05\"\x92\x01\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x04 \x01(\x05\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x05\x12\x17\n\x0fthinking_tokens\x18\x06 \x01(\x05\"\xc3\x01\n\x04Plan\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12/\n\x06models\x18\x02 \x03(\x0b\x32\x1f.thinkroute.v1.Plan.ModelsEntry\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04\x64ial\x18\x04 \x01(\x01\x12+\n\ncandidates\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x02\n\x05Trace\x12!\n\x04plan\x18\x01 \x01(\x0b\x32\x13.thinkroute.v1.Plan\x12\'\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32\x18.thinkroute.v1.ModelCall\x12(\n\x05usage\x18\x03 \x03(\x0b\x32\x19.thinkroute.v1.ModelUsage\x12\x33\n\x08stage_ms\x18\x04 \x03(\x0b\x32!.thinkroute.v1.Trace.StageMsEntry\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a.\n\x0cStageMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x83\x01\n\rRouteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x0c\x66inal_answer\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12#\n\x05trace\x18\x05 \x01(\x0b\x32\x14.thinkroute.v1.Trace\"V\n\x13RouteStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12+\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1c.thinkroute.v1.RouteResponse\".\n\x0eSetDialRequest\x12\x0c\n\x04\x64ial\x18\x01 \x01(\x01\x12\x0e\n\x06tenant\x18\x02 \x01(\t\" \n\x0eGetDialRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\",\n\x0c\x44ialResponse\x12\x0c\n\x04\x64ial\x18\x01 \x01(\x01\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\'\n\x13ReloadPolicyRequest\x12\x10\n\x08\x61rtifact\x18\x01 \x01(\t\"\x82\x01\n\x14ReloadPolicyResponse\x12\x10\n\x08\x61rtifact\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\r\n\x05plans\x18\x04 \x03(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x16\n\x0e\x66\x65\x61ture_source\x18\x06 \x01(\t\"s\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\x05score\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07\x63orrect\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x0c\n\x04task\x18\x04 \x01(\tB\x08\n\x06_scoreB\n\n\x08_correct\"\x87\x01\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x10\n\x08outcomes\x18\x04 \x01(\x03\x12\x18\n\x10p_correct_before\x18\x05 \x01(\x01\x12\x17\n\x0fp_correct_after\x18\x06 \x01(\x01\"\x12\n\x10PoolStatsRequest\"\xd1\x01\n\tPoolStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x18\n\x10healthy_replicas\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x1e\n\x16generated_tokens_per_s\x18\x06 \x01(\x01\x12\x16\n\x0ep50_latency_ms\x18\x07 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x08 \x01(\x01\x12\x18\n\x10\x64\x65sired_replicas\x18\t \x01(\x05\"<\n\x11PoolStatsResponse\x12\'\n\x05pools\x18\x01 \x03(\x0b\x32\x18.thinkroute.v1.PoolStats2\xa8\x04\n\x06Router\x12\x45\n\x08Generate\x12\x1b.thinkroute.v1.RouteRequest\x1a\x1c.thinkroute.v1.RouteResponse\x12S\n\x0eGenerateStream\x12\x1b.thinkroute.v1.RouteRequest\x1a\".thinkroute.v1.RouteStreamResponse0\x01\x12\x45\n\x07SetDial\x12\x1d.thinkroute.v1.SetDialRequest\x1a\x1b.thinkroute.v1.DialResponse\x12\x45\n\x07GetDial\x12\x1d.thinkroute.v1.GetDialRequest\x1a\x1b.thinkroute.v1.DialResponse\x12N\n\tPoolStats\x12\x1f.thinkroute.v1.PoolStatsRequest\x1a .thinkroute.v1.PoolStatsResponse\x12W\n\x0cReloadPolicy\x12\".thinkroute.v1.ReloadPolicyRequest\x1a#.thinkroute.v1.ReloadPolicyResponse\x12K\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1e.thinkroute.v1.FeedbackRequest\x1a\x1f.thinkroute.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,39 +38,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACE_STAGEMSENTRY']._loaded_options = None
   _globals['_TRACE_STAGEMSENTRY']._serialized_options = b'8\001'
   _globals['_ROUTEREQUEST']._serialized_start=104
-  _globals['_ROUTEREQUEST']._serialized_end=467
-  _globals['_MODELCALL']._serialized_start=470
-  _globals['_MODELCALL']._serialized_end=789
-  _globals['_MODELUSAGE']._serialized_start=792
-  _globals['_MODELUSAGE']._serialized_end=938
-  _globals['_PLAN']._serialized_start=941
-  _globals['_PLAN']._serialized_end=1136
-  _globals['_PLAN_MODELSENTRY']._serialized_start=1091
-  _globals['_PLAN_MODELSENTRY']._serialized_end=1136
-  _globals['_TRACE']._serialized_start=1139
-  _globals['_TRACE']._serialized_end=1407
-  _globals['_TRACE_STAGEMSENTRY']._serialized_start=1361
-  _globals['_TRACE_STAGEMSENTRY']._serialized_end=1407
-  _globals['_ROUTERESPONSE']._serialized_start=1410
-  _globals['_ROUTERESPONSE']._serialized_end=1541
-  _globals['_ROUTESTREAMRESPONSE']._serialized_start=1543
-  _globals['_ROUTESTREAMRESPONSE']._serialized_end=1629
-  _globals['_SETDIALREQUEST']._serialized_start=1631
-  _globals['_SETDIALREQUEST']._serialized_end=1677
-  _globals['_GETDIALREQUEST']._serialized_start=1679
-  _globals['_GETDIALREQUEST']._serialized_end=1711
-  _globals['_DIALRESPONSE']._serialized_start=1713
-  _globals['_DIALRESPONSE']._serialized_end=1757
-  _globals['_RELOADPOLICYREQUEST']._serialized_start=1759
-  _globals['_RELOADPOLICYREQUEST']._serialized_end=1798
-  _globals['_RELOADPOLICYRESPONSE']._serialized_start=1801
-  _globals['_RELOADPOLICYRESPONSE']._serialized_end=1931
-  _globals['_POOLSTATSREQUEST']._serialized_start=1933
-  _globals['_POOLSTATSREQUEST']._serialized_end=1951
-  _globals['_POOLSTATS']._serialized_start=1954
-  _globals['_POOLSTATS']._serialized_end=2163
-  _globals['_POOLSTATSRESPONSE']._serialized_start=2165
-  _globals['_POOLSTATSRESPONSE']._serialized_end=2225
-  _globals['_ROUTER']._serialized_start=2228
-  _globals['_ROUTER']._serialized_end=2703
+  _globals['_ROUTEREQUEST']._serialized_end=575
+  _globals['_MODELCALL']._serialized_start=578
+  _globals['_MODELCALL']._serialized_end=897
+  _globals['_MODELUSAGE']._serialized_start=900
+  _globals['_MODELUSAGE']._serialized_end=1046
+  _globals['_PLAN']._serialized_start=1049
+  _globals['_PLAN']._serialized_end=1244
+  _globals['_PLAN_MODELSENTRY']._serialized_start=1199
+  _globals['_PLAN_MODELSENTRY']._serialized_end=1244
+  _globals['_TRACE']._serialized_start=1247
+  _globals['_TRACE']._serialized_end=1515
+  _globals['_TRACE_STAGEMSENTRY']._serialized_start=1469
+  _globals['_TRACE_STAGEMSENTRY']._serialized_end=1515
+  _globals['_ROUTERESPONSE']._serialized_start=1518
+  _globals['_ROUTERESPONSE']._serialized_end=1649
+  _globals['_ROUTESTREAMRESPONSE']._serialized_start=1651
+  _globals['_ROUTESTREAMRESPONSE']._serialized_end=1737
+  _globals['_SETDIALREQUEST']._serialized_start=1739
+  _globals['_SETDIALREQUEST']._serialized_end=1785
+  _globals['_GETDIALREQUEST']._serialized_start=1787
+  _globals['_GETDIALREQUEST']._serialized_end=1819
+  _globals['_DIALRESPONSE']._serialized_start=1821
+  _globals['_DIALRESPONSE']._serialized_end=1865
+  _globals['_RELOADPOLICYREQUEST']._serialized_start=1867
+  _globals['_RELOADPOLICYREQUEST']._serialized_end=1906
+  _globals['_RELOADPOLICYRESPONSE']._serialized_start=1909
+  _globals['_RELOADPOLICYRESPONSE']._serialized_end=2039
+  _globals['_FEEDBACKREQUEST']._serialized_start=2041
+  _globals['_FEEDBACKREQUEST']._serialized_end=2156
+  _globals['_FEEDBACKRESPONSE']._serialized_start=2159
+  _globals['_FEEDBACKRESPONSE']._serialized_end=2294
+  _globals['_POOLSTATSREQUEST']._serialized_start=2296
+  _globals['_POOLSTATSREQUEST']._serialized_end=2314
+  _globals['_POOLSTATS']._serialized_start=2317
+  _globals['_POOLSTATS']._serialized_end=2526
+  _globals['_POOLSTATSRESPONSE']._serialized_start=2528
+  _globals['_POOLSTATSRESPONSE']._serialized_end=2588
+  _globals['_ROUTER']._serialized_start=2591
+  _globals['_ROUTER']._serialized_end=3143
 # @@protoc_insertion_point(module_scope)

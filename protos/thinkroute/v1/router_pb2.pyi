@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "query", "messages", "strategy", "model", "strategy_options", "max_tokens", "temperature", "top_p", "seed", "stop", "dial", "tenant", "max_cost", "max_latency_ms")
+    __slots__ = ("request_id", "query", "messages", "strategy", "model", "strategy_options", "max_tokens", "temperature", "top_p", "seed", "stop", "dial", "tenant", "max_cost", "max_latency_ms", "task", "quality_target", "budget_per_1k")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,9 @@ class RouteRequest(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MAX_COST_FIELD_NUMBER: _ClassVar[int]
     MAX_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_PER_1K_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     query: str
     messages: _containers.RepeatedCompositeFieldContainer[_worker_pb2.ChatMessage]
@@ -40,7 +43,10 @@ class RouteRequest(_message.Message):
     tenant: str
     max_cost: float
     max_latency_ms: float
-    def __init__(self, request_id: _Optional[str] = ..., query: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_worker_pb2.ChatMessage, _Mapping]]] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., strategy_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., dial: _Optional[float] = ..., tenant: _Optional[str] = ..., max_cost: _Optional[float] = ..., max_latency_ms: _Optional[float] = ...) -> None: ...
+    task: str
+    quality_target: float
+    budget_per_1k: float
+    def __init__(self, request_id: _Optional[str] = ..., query: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_worker_pb2.ChatMessage, _Mapping]]] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., strategy_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., dial: _Optional[float] = ..., tenant: _Optional[str] = ..., max_cost: _Optional[float] = ..., max_latency_ms: _Optional[float] = ..., task: _Optional[str] = ..., quality_target: _Optional[float] = ..., budget_per_1k: _Optional[float] = ...) -> None: ...
 
 class ModelCall(_message.Message):
     __slots__ = ("model", "role", "replica", "kind", "step", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "latency_ms", "time_to_first_token_ms", "finish_reason", "remote_cached_prompt_tokens", "attempts", "thinking_tokens")
@@ -197,6 +203,34 @@ class ReloadPolicyResponse(_message.Message):
     model_id: str
     feature_source: str
     def __init__(self, artifact: _Optional[str] = ..., source: _Optional[str] = ..., version: _Optional[int] = ..., plans: _Optional[_Iterable[str]] = ..., model_id: _Optional[str] = ..., feature_source: _Optional[str] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "score", "correct", "task")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    score: float
+    correct: bool
+    task: str
+    def __init__(self, request_id: _Optional[str] = ..., score: _Optional[float] = ..., correct: _Optional[bool] = ..., task: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("request_id", "plan", "task", "outcomes", "p_correct_before", "p_correct_after")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    P_CORRECT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    P_CORRECT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    plan: str
+    task: str
+    outcomes: int
+    p_correct_before: float
+    p_correct_after: float
+    def __init__(self, request_id: _Optional[str] = ..., plan: _Optional[str] = ..., task: _Optional[str] = ..., outcomes: _Optional[int] = ..., p_correct_before: _Optional[float] = ..., p_correct_after: _Optional[float] = ...) -> None: ...
 
 class PoolStatsRequest(_message.Message):
     __slots__ = ()

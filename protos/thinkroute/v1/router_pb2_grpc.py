@@ -64,6 +64,11 @@ class RouterStub:
                 request_serializer=thinkroute_dot_v1_dot_router__pb2.ReloadPolicyRequest.SerializeToString,
                 response_deserializer=thinkroute_dot_v1_dot_router__pb2.ReloadPolicyResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/thinkroute.v1.Router/Feedback',
+                request_serializer=thinkroute_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=thinkroute_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -114,6 +119,15 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """An outcome for an earlier request (its RouteResponse.request_id): joins the router decision log and
+        updates the policy per-task correction online. NOT_FOUND: unknown, expired or another tenant request id;
+        INVALID_ARGUMENT: neither or both of score/correct, score outside [0, 1].
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +160,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ReloadPolicy,
                     request_deserializer=thinkroute_dot_v1_dot_router__pb2.ReloadPolicyRequest.FromString,
                     response_serializer=thinkroute_dot_v1_dot_router__pb2.ReloadPolicyResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=thinkroute_dot_v1_dot_router__pb2.FeedbackRequest.FromString,
+                    response_serializer=thinkroute_dot_v1_dot_router__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +329,33 @@ class Router:
             '/thinkroute.v1.Router/ReloadPolicy',
             thinkroute_dot_v1_dot_router__pb2.ReloadPolicyRequest.SerializeToString,
             thinkroute_dot_v1_dot_router__pb2.ReloadPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/thinkroute.v1.Router/Feedback',
+            thinkroute_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+            thinkroute_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
