@@ -167,3 +167,21 @@ def test_reload_over_http_needs_the_admin_token(length_artifact):
     assert r.status_code == 400
     r = client.post("/admin/policy/reload", json={"artifact": "/nonexistent/x"}, headers={"x-thinkroute-admin-token": "tok"})
     assert r.status_code == 400 and "no probe" in r.json()["error"]["message"]
+
+
+def test_embedded_arith_set_is_seeded_and_graded():
+    from router.learn.embedded import arith_set, grade
+
+    a, b = arith_set(18, seed=0), arith_set(18, seed=0)
+    assert a == b and len({r["task"] for r in a}) == 9
+    last = a[8]["question"].splitlines()[-1]  # "873 x 197 =": the gold answer is the product
+    x, _, y, _ = last.split()
+    assert a[8]["answer"] == str(int(x) * int(y))
+    assert grade(" 42\n3 + 4 = 7", "42") and not grade("41", "42") and not grade("no number", "42")
+
+
+def test_train_json_lists_operating_points(length_artifact):
+    _, info, _ = length_artifact
+    pts = info["operating_points"]
+    assert [p["quantile"] for p in pts][:2] == [0.0, 0.1] and pts[0]["dial"] == 0.0
+    assert all(b["dial"] >= a["dial"] for a, b in zip(pts, pts[1:]))
