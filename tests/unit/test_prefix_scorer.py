@@ -83,3 +83,87 @@ def test_a_stream_of_shared_prefix_requests_splits_by_load():
 def test_bad_config_is_rejected(kw):
     with pytest.raises(ValueError):
         PrefixScorerConfig(**kw)
+
+
+# -- the pool's adapter: namespace from the workers' Info, async index read -----------------------------
+import asyncio  # noqa: E402
+
+from thinkroute.v1 import worker_pb2 as pb  # noqa: E402
+
+from router.scorers import PickRequest, PoolPrefixScorer  # noqa: E402
+
+
+class AsyncFakeIndex:
+    def __init__(self, warm: dict[str, list[int]], ns: Namespace):
+        self.fake = FakeIndex({})
+        self.fake.warm = {r: block_hashes(t, ns) for r, t in warm.items()}
+        self.namespaces = []
+
+    async def longest_warm_prefix(self, ns, hashes):
+        self.namespaces.append(ns)
+        return self.fake.longest_warm_prefix(hashes)
+
+
+def pick_request(prompt_ids, namespaces):
+    return PickRequest(model="pool-name-not-the-model", inflight={"a": 0, "b": 0}, prompt_ids=prompt_ids,
+                       extra={"replica_ids": {"a": "w-a", "b": "w-b"}, "kv_namespaces": namespaces})
+
+
+async def test_the_prompt_is_hashed_in_the_namespace_the_workers_publish():
+    published = pb.KvNamespace(model_id="HuggingFaceTB/SmolLM2", dtype="bfloat16", block_size=4, layout="cuda:blocks-first",
+                               version=NS.version)
+    ns = Namespace(model_id="HuggingFaceTB/SmolLM2", dtype="bfloat16", block_size=4, layout="cuda:blocks-first")
+    s = PoolPrefixScorer(redis_url="redis://127.0.0.1:1/0")
+    s.index = AsyncFakeIndex({"w-b": SHARED}, ns)
+    req = pick_request(SHARED, {"a": published, "b": published})
+    await s.prepare(req)
+    assert s.index.namespaces == [ns]  # not one rebuilt from the pool's name and CPU constants
+    req.inflight = {"a": 0, "b": 0}
+    assert pick(s.score(["a", "b"], req)) == "b"
+
+
+async def test_a_replica_without_a_published_namespace_matches_nothing():
+    s = PoolPrefixScorer(redis_url="redis://127.0.0.1:1/0")
+    s.index = AsyncFakeIndex({"w-a": SHARED}, NS)
+    req = pick_request(SHARED, {"a": None, "b": None})
+    await s.prepare(req)
+    assert s.index.namespaces == [] and s.score(["a", "b"], req) == {"a": 1.0, "b": 1.0}  # load only
+
+
+async def test_a_hung_redis_is_a_fast_load_only_pick_and_an_open_circuit():
+    """A Redis that accepts connections but never answers (hung, or a black-holed network) costs one
+    `timeout_s`, once; the event loop is never blocked and the pick is load-only."""
+    import socket
+    import time
+
+    import redis.asyncio  # noqa: F401 - the first import is not part of the request path
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)  # never accepted, never answered
+    try:
+        s = PoolPrefixScorer(redis_url=f"redis://127.0.0.1:{hung.getsockname()[1]}/0", timeout_s=0.05)
+        published = pb.KvNamespace(model_id="m", dtype="float32", block_size=4, layout="cpu:blocks-first",
+                                   version=NS.version)
+        req = pick_request(SHARED, {"a": published, "b": published})
+        ticks = 0
+
+        async def ticker():  # proves the loop keeps running while the read waits
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        task = asyncio.create_task(ticker())
+        t0 = time.perf_counter()
+        await s.prepare(req)
+        elapsed = time.perf_counter() - t0
+        task.cancel()
+        assert elapsed < 0.5 and ticks >= 3, (elapsed, ticks)
+        assert "prefix_match" not in req.extra and s.index.errors == 1
+        req.inflight = {"a": 3, "b": 1}
+        assert s.score(["a", "b"], req) == {"a": 0.0, "b": 1.0}  # the load rule
+        await s.prepare(pick_request(SHARED, {"a": published}))  # open circuit: Redis not tried again
+        assert s.index.errors == 1
+    finally:
+        hung.close()
