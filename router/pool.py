@@ -210,19 +210,21 @@ class WorkerPool:
 
         return await self.caller.call(model, "hidden_state", deadline, call)
 
-    async def served_model_id(self, model: str) -> str:
-        """The model id the pool's workers report in `Info` (what they serve, not the pool's name)."""
+    async def served_model_id(self, model: str, *, deadline: float | None = None) -> str:
+        """The model id the pool's workers report in `Info` (what they serve, not the pool's name).
+        `deadline` (time.monotonic()): the caller's; default 30 s from now."""
         async def call(replica: Replica, timeout: float, attempt: int):
             return (await replica.client.info(timeout=min(timeout, 10.0))).model_id
 
-        return await self.caller.call(model, "info", time.monotonic() + 30.0, call)
+        return await self.caller.call(model, "info", deadline or time.monotonic() + 30.0, call)
 
-    async def info(self, model: str) -> ModelInfo:
+    async def info(self, model: str, *, deadline: float | None = None) -> ModelInfo:
+        """The pool's ModelInfo (cached after the first answer). `deadline`: the caller's; default 30 s from now."""
         if model not in self._infos:
             async def call(replica: Replica, timeout: float, attempt: int):
                 return await replica.client.info(timeout=min(timeout, 10.0))
 
-            resp = await self.caller.call(model, "info", time.monotonic() + 30.0, call)
+            resp = await self.caller.call(model, "info", deadline or time.monotonic() + 30.0, call)
             self._infos[model] = model_info(model, resp)
         return self._infos[model]
 
