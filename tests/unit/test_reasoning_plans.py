@@ -24,7 +24,8 @@ PRIORS = {
 
 @pytest.fixture(scope="module")
 def planner():
-    cfg = load_config(overrides={"policy.candidates": CANDIDATES, "policy.priors": PRIORS})
+    cfg = load_config(overrides={"policy.candidates": CANDIDATES, "policy.priors": PRIORS,
+                                 "policy.prices": {"smollm2-135m": {"in": 1.0, "out": 5.0}, "gemma3-270m": 0.1}})
     return Planner(cfg, DialStore(cfg.dial.default), PlanningPolicy(cfg)), cfg
 
 
@@ -38,13 +39,13 @@ async def test_the_dial_moves_across_thinking_levels_of_one_model(planner):
     assert chosen[0] == "off" and chosen[-1] == "effort=high"
 
 
-async def test_thinking_tokens_are_priced_and_ranked(planner):
-    pl, cfg = planner
+async def test_thinking_tokens_are_priced_at_the_output_price(planner):
+    pl, _ = planner
     plan = await pl.plan(RouteQuery(query="Who wrote the Principia?", dial=1.0))
     costs = {r["plan"]: r["cost"] for r in plan.candidates["ranked"]}
     assert costs["smollm2-135m:no_think"] < costs["smollm2-135m:budget=512"] < costs["smollm2-135m:effort=high"]
-    price = cfg.policy.prices["smollm2-135m"]
-    assert costs["smollm2-135m:effort=high"] - costs["smollm2-135m:no_think"] == pytest.approx(price * (2000 - 20) / 1e6)
+    # same prompt, same model: the difference is the thinking tokens, at the output price ($5 / M)
+    assert costs["smollm2-135m:effort=high"] - costs["smollm2-135m:no_think"] == pytest.approx(5.0 * (2000 - 20) / 1e6)
 
 
 def test_a_bad_thinking_knob_in_a_candidate_fails_at_plan_time_naming_it(planner):
