@@ -19,6 +19,7 @@ from workers.models import ModelSpec, resolve_model
 BACKENDS: dict[str, str] = {
     "hf": "workers.hf_engine:HfEngine",
     "vllm": "workers.vllm_engine:VllmEngine",
+    "replay": "workers.replay_engine:ReplayEngine",
 }
 
 

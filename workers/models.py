@@ -93,6 +93,28 @@ THINKING_FAMILIES: dict[str, ThinkingConfig] = {
 }
 
 
+#: Model names ending in this serve recorded answers (backend `replay`, workers/replay_engine.py):
+#: `gpt4_1106_preview@replay` replays system `gpt4_1106_preview` of the configured outcome file.
+REPLAY_SUFFIX = "@replay"
+
+
+def _replay_tokenizer_dir() -> tuple[Path, str | None]:
+    """A replay model has no weights: it counts tokens with SmolLM2-135M's tokenizer (its converted directory)."""
+    from workers.convert import materialize
+
+    return materialize(MODELS["smollm2-135m"]), None
+
+
+def replay_spec(name: str) -> ModelSpec:
+    """The spec of a replay model `<system>@replay`: SmolLM2-135M's tokenizer, plain-text prompts (a single user
+    message renders as `Question: ...\nAnswer:`, so the replay engine can read the user text back)."""
+    system = name[: -len(REPLAY_SUFFIX)]
+    if not system.strip():
+        raise UnknownModel(f"replay model {name!r} names no system: use `<system>{REPLAY_SUFFIX}`, e.g. gpt-4{REPLAY_SUFFIX}")
+    return ModelSpec(name=name, locate=_replay_tokenizer_dir, chat=False, family="replay",
+                     description=f"recorded answers of {system!r} (backend replay); SmolLM2-135M tokenizer, plain-text prompts")
+
+
 def thinking_config(spec: ModelSpec, override: ThinkingConfig | None = None) -> ThinkingConfig | None:
     """The model's thinking config: the engine config's `thinking:` when set, else the registry entry's,
     else its family's (THINKING_FAMILIES); None = the model serves no thinking mode."""
@@ -106,6 +128,8 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     """
     if name_or_path in MODELS:
         return MODELS[name_or_path]
+    if name_or_path.endswith(REPLAY_SUFFIX):
+        return replay_spec(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         resolved = path.resolve()
@@ -115,8 +139,8 @@ def resolve_model(name_or_path: str) -> ModelSpec:
         has_template = _dir_has_chat_template(resolved)
         return ModelSpec(name=str(resolved), locate=lambda: (resolved, None), description="HF directory", chat=has_template)
     raise UnknownModel(
-        f"unknown model {name_or_path!r}: use one of {sorted(MODELS)}, a path to a .gguf file, "
-        "or a Hugging Face model directory containing config.json"
+        f"unknown model {name_or_path!r}: use one of {sorted(MODELS)}, `<system>{REPLAY_SUFFIX}` (backend replay), "
+        "a path to a .gguf file, or a Hugging Face model directory containing config.json"
     )
 
 

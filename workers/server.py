@@ -197,6 +197,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def Score(self, request: pb.ScoreRequest, context):
         try:
             self._check_accepting()
+            self.engine.refuse("Score")
             limits.check_score(request)
             if len(request.cache_salt) > 256:
                 raise InvalidRequest(f"cache_salt is {len(request.cache_salt)} characters; at most 256")
@@ -228,6 +229,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def HiddenState(self, request: pb.HiddenStateRequest, context):
         try:
             self._check_accepting()
+            self.engine.refuse("HiddenState")
             limits.check_hidden_state(request)
             limits.check_layers_range(request.layers, self.engine.info.num_layers)
             if request.max_tokens < 0:

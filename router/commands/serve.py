@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.backend:
         for pool in config.models.values():
-            pool.backend = args.backend
+            if pool.backend != "replay":  # a replay pool has no model to run on another backend
+                pool.backend = args.backend
     cluster = LocalCluster(config, Path(args.run_dir or config.run_dir))
     stop = threading.Event()
     started = False

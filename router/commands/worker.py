@@ -37,14 +37,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default 0)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="where the model runs (default cpu)")
-    p.add_argument("--backend", choices=["vllm", "hf"], default=None,
-                   help="vllm (continuous batching, prefix cache; default) or hf (transformers reference)")
+    p.add_argument("--backend", choices=["vllm", "hf", "replay"], default=None,
+                   help="vllm (continuous batching, prefix cache; default), hf (transformers reference) or replay "
+                        "(recorded answers of --replay-file; model name <system>@replay)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="default float32")
     p.add_argument("--max-model-len", type=int, default=None, help="context length served (default 2048)")
     p.add_argument("--kv-cache-gib", type=float, default=None, help="vLLM CPU KV cache size in GiB (default 1)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="requests run at once by vllm (default 32)")
     p.add_argument("--max-queue", type=int, default=None, help="requests waiting before RESOURCE_EXHAUSTED (default 64)")
     p.add_argument("--no-enforce-eager", action="store_true", default=None, help="let vLLM compile graphs (slower start)")
+    p.add_argument("--replay-file", default=None, help="backend replay: outcome file (JSON lines) to answer from")
+    p.add_argument("--replay-system", default="", help="backend replay: system to replay (default: the model name "
+                   "before @replay)")
+    p.add_argument("--tokens-per-s", type=float, default=0.0, help="backend replay: streaming rate (0 = unpaced)")
+    p.add_argument("--ttft-ms", type=float, default=0.0, help="backend replay: time to the first token in ms")
     p.add_argument("--grace", type=float, default=30.0, help="seconds to drain in-flight requests on shutdown")
     p.add_argument("--replica-id", default=None, help="unique id of this replica (default host-pid)")
     p.add_argument("--ready-file", default=None, help="write the bound host:port here once serving")
@@ -205,10 +211,16 @@ def run(args: argparse.Namespace) -> int:
     elif args.config_json:
         cfg = EngineConfig.model_validate_json(args.config_json)
     else:
+        if args.backend == "replay" and not args.replay_file:
+            print("thinkroute worker: error: --backend replay needs --replay-file", file=sys.stderr)
+            return 2
         cfg = EngineConfig(
             model=args.model, backend=args.backend, device=args.device, dtype=args.dtype,
             max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib, max_num_seqs=args.max_num_seqs,
             max_queue=args.max_queue, enforce_eager=not args.no_enforce_eager,
+            replay=None if args.backend != "replay" else dict(
+                file=args.replay_file or "", system=args.replay_system, tokens_per_s=args.tokens_per_s,
+                ttft_ms=args.ttft_ms),
         )
     if not args.config:
         try:
