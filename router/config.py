@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from router.policy.planning import LivePolicyConfig
+from router.plan_schema import LivePolicyConfig
 from workers.config import EngineConfig
 
 EMBEDDED_CONFIG = Path(__file__).resolve().parent / "configs" / "embedded.yaml"

@@ -120,6 +120,7 @@ class ThinkrouteOptions(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     trace: bool = False
     session: str | None = None  # agent session key (router/sessions.py); also the x-session-id header
+    task: str = Field("", max_length=128)  # the request's task: feedback on it trains the policy's per-task correction
 
 
 class ChatCompletionRequest(_Lenient):
@@ -269,7 +270,7 @@ def to_route_query(req: ChatCompletionRequest, target: Target, tenant: str, requ
         temperature=req.temperature if req.temperature is not None else 0.0,
         top_p=req.top_p if req.top_p is not None else 1.0, seed=req.seed, stop=list(req.stop or []),
         dial=ext.dial if ext.dial is not None else target.dial, tenant=tenant,
-        max_cost=ext.max_cost, max_latency_ms=ext.max_latency_ms,
+        max_cost=ext.max_cost, max_latency_ms=ext.max_latency_ms, task=ext.task,
     )
     if request_id:
         q.request_id = request_id
@@ -439,6 +440,39 @@ class OpenAIFrontend:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-request-id": query.request_id})
 
+    async def feedback(self, request: Request) -> Response:
+        """POST /v1/feedback {request_id, score in [0, 1] | correct: bool, task?}: an outcome for an earlier answer
+        of this tenant (its `x-request-id`). 200 with the plan it judged; 404 unknown/expired id; 400 bad body."""
+        try:
+            tenant = self._tenant(request)
+            try:
+                body = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from e
+            if not isinstance(body, dict):
+                raise ApiError(400, "the request body must be a JSON object {request_id, score | correct, task?}",
+                               code="invalid_json")
+            unknown = sorted(set(body) - {"request_id", "score", "correct", "task"})
+            if unknown:
+                raise ApiError(400, f"unknown fields {unknown}: send request_id, score or correct, and optionally task",
+                               param=unknown[0], code="invalid_value")
+            loop = getattr(self.core, "feedback", None)
+            if loop is None:
+                raise ApiError(404, "feedback is off on this router (no policy, or policy.feedback.enabled is false)",
+                               code="not_found")
+            out = await loop.feedback(body.get("request_id"), tenant, body.get("score"), body.get("correct"),
+                                      body.get("task"))
+        except ApiError as e:
+            return e.response()
+        except RoutingError as e:
+            err = ApiError.from_routing(e)
+            if err.status == 404:
+                err.code, err.param = "request_not_found", "request_id"
+            return err.response()
+        except Exception as e:  # noqa: BLE001
+            return ApiError.from_routing(internal_error(e, log, "feedback")).response()
+        return JSONResponse({"object": "feedback", "status": "recorded", **out})
+
     async def list_models(self, request: Request) -> Response:
         try:
             self._tenant(request)
@@ -485,7 +519,7 @@ def build_http_app(frontend: OpenAIFrontend) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, e: StarletteHTTPException) -> Response:
         return ApiError(e.status_code, f"{e.detail}: this server answers POST /v1/chat/completions, POST /v1/responses, "
-                                       "GET /v1/models, "
+                                       "GET /v1/models, POST /v1/feedback, "
                                        "GET /health", code="not_found").response()
 
     @app.exception_handler(Exception)
@@ -497,6 +531,7 @@ def build_http_app(frontend: OpenAIFrontend) -> FastAPI:
 
     app.add_api_route("/v1/responses", ResponsesEndpoint(frontend).create, methods=["POST"])
     app.add_api_route("/v1/models", frontend.list_models, methods=["GET"])
+    app.add_api_route("/v1/feedback", frontend.feedback, methods=["POST"])
     app.add_api_route("/health", frontend.health, methods=["GET"])
     from router.learn.serving import http_reload
 

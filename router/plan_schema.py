@@ -13,7 +13,7 @@ re-export the names they used to define, so old imports keep working.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,6 +89,32 @@ class ModelPrice(BaseModel):
     """USD per million generated tokens (thinking tokens count as generated)."""
 
 
+class FeedbackConfig(BaseModel):
+    """The decision log and online learning from feedback (router/decision_log.py, router/feedback.py)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Log each policy decision and accept `POST /v1/feedback` / the `Feedback` RPC."""
+    store: Literal["redis", "memory"] = "redis"
+    """Where decisions and outcomes live: `redis` (the deployment's Redis, `redis.*`: shared by every router
+    replica, so feedback to any replica joins) or `memory` (this process only; tests, Redis disabled)."""
+    ttl_s: int = Field(86_400, ge=60, le=30 * 86_400)
+    """How long a decision can receive feedback; afterwards its id is unknown (404 / NOT_FOUND)."""
+    max_decisions: int = Field(100_000, ge=10, le=10_000_000)
+    """Decisions kept (oldest dropped first), whatever their age."""
+    max_outcomes: int = Field(200_000, ge=10, le=10_000_000)
+    """Joined outcomes kept for the online correction and `thinkroute train --from-log`."""
+    max_text_chars: int = Field(20_000, ge=0, le=1_000_000)
+    """Characters of the request text kept per decision (for training from the log); 0 = no text."""
+    dir: str | None = None
+    """Also append joined outcomes to `<dir>/outcomes.jsonl` (restored at start when the store has none)."""
+    sync_interval_s: float = Field(2.0, ge=0.1, le=3600)
+    """How often a replica reads outcomes other replicas received (at most once per interval, on a request)."""
+    prior_var: float = Field(0.5, gt=0)
+    """Prior variance of the per-(task, plan) logit correction (smaller = more feedback needed to move it)."""
+
+
 class LivePolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -109,3 +135,5 @@ class LivePolicyConfig(BaseModel):
     """lambda(dial) mapping overrides (lam_max, lam_min, cost_scale), see router/policy/dial.py."""
     cache_size: int = Field(4096, ge=0)
     """Queries whose hidden states are kept (by sha256 of the text)."""
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    """Decision log, feedback and the online per-task correction."""

@@ -29,6 +29,7 @@ class Planner:
         self.config = config
         self.dials = dials
         self.policy = policy  # optional: router.policy planning (tracker issue 4)
+        self.feedback = None  # optional: router.feedback.FeedbackLoop (RouterCore sets it), read by the policy
         # Session affinity is on when the `session` replica scorer is configured (router/scorers/session.py).
         session_scorer = next((s for s in config.router.scorers if s.name == "session"), None)
         params = session_scorer.params if session_scorer else {}

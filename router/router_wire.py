@@ -29,6 +29,9 @@ def query_from_pb(r: rpb.RouteRequest) -> RouteQuery:
         tenant=r.tenant,
         max_cost=r.max_cost,
         max_latency_ms=r.max_latency_ms,
+        task=r.task,
+        quality_target=r.quality_target if r.HasField("quality_target") else None,
+        budget_per_1k=r.budget_per_1k if r.HasField("budget_per_1k") else None,
     )
     if r.request_id:
         q.request_id = r.request_id

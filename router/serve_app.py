@@ -216,6 +216,33 @@ class RouterIngress:
             _set_status(grpc_context, err)
             raise err from None
 
+    async def Feedback(self, request: rpb.FeedbackRequest, grpc_context=None) -> rpb.FeedbackResponse:
+        """An outcome for an earlier answer of the caller's tenant (router/feedback.py). NOT_FOUND: unknown/expired id."""
+        try:
+            tenant = self.core.admission.authenticate(grpc_caller(grpc_context))
+            if self.core.feedback is None:
+                from router.errors import NotFound
+
+                raise NotFound("feedback is off on this router (no policy, or policy.feedback.enabled is false)")
+            out = await self.core.feedback.feedback(
+                request.request_id, tenant, request.score if request.HasField("score") else None,
+                request.correct if request.HasField("correct") else None, request.task or None)
+            return rpb.FeedbackResponse(**out)
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "Feedback")
+            _set_status(grpc_context, err)
+            raise err from None
+
+    async def PoolStats(self, request: rpb.PoolStatsRequest, grpc_context=None) -> rpb.PoolStatsResponse:
+        try:
+            self.core.admission.authenticate(grpc_caller(grpc_context))
+            stats = await self.core.pool.stats()
+            return rpb.PoolStatsResponse(pools=[rpb.PoolStats(**s) for s in stats])
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "PoolStats")
+            _set_status(grpc_context, err)
+            raise err from None
+
     async def PoolStats(self, request: rpb.PoolStatsRequest, grpc_context=None) -> rpb.PoolStatsResponse:
         try:
             self.core.admission.authenticate(grpc_caller(grpc_context))

@@ -49,6 +49,13 @@ class RouterCore:
                                unhealthy_after=rc.unhealthy_after, discovery=discovery_from_config(config))
         self.dials = DialStore(config.dial.default, config.dial.tenants)
         self.planner = Planner(config, self.dials, policy)
+        #: Decision log + online per-task correction from feedback (router/feedback.py); None without a policy.
+        self.feedback = None
+        if config.policy is not None and config.policy.feedback.enabled:
+            from router.feedback import FeedbackLoop
+
+            self.feedback = FeedbackLoop(config)
+        self.planner.feedback = self.feedback
         self.replica_id = ""  # the Serve replica holding this core, reported in traces (details.router_replica)
 
     def validate(self, query: RouteQuery) -> None:
@@ -111,6 +118,10 @@ class RouterCore:
                     raise
                 plan = nxt
         trace.details.update(result.details)
+        if self.feedback is not None and plan.name:
+            routed = RouteResult(request_id=query.request_id, text="", final_answer="", finish_reason="",
+                                 trace={"usage": trace.usage(), "stage_ms": {"total": (time.perf_counter() - t0) * 1e3}})
+            await self.feedback.record(query, plan, routed, dict(self.config.policy.prices))
         if self.replica_id:
             trace.details["router_replica"] = self.replica_id
         trace.stage_ms["total"] = (time.perf_counter() - t0) * 1e3
@@ -120,3 +131,5 @@ class RouterCore:
 
     async def close(self) -> None:
         await self.pool.close()
+        if self.feedback is not None:
+            await self.feedback.close()

@@ -32,6 +32,12 @@ class RouteQuery:
     #: whose answer is one model call that honours `constraint` (`direct`) can run such a turn (router/planner.py).
     tools: tuple[str, ...] = ()
     session: str = ""                              # agent session key (router/sessions.py); "" = derive
+    #: The task (workload) of this request: the policy's per-task correction learns from feedback on it.
+    task: str = ""
+    #: A target instead of a raw dial (router/policy/calibrate.py): the cheapest calibrated operating point
+    #: reaching this fraction of the best plan's accuracy, or the most accurate one within this USD per 1k requests.
+    quality_target: float | None = None
+    budget_per_1k: float | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def conversation(self) -> list[ChatMessage]:

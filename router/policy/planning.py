@@ -135,6 +135,11 @@ class PlanningPolicy:
         if not predictions:
             raise InvalidRoute(f"{why}: no policy candidate can run it (candidates {sorted(excluded)} all use "
                                f"strategies other than {sorted(CONSTRAINED_STRATEGIES)}); name a model instead")
+        # Feedback (router/feedback.py): the task's online correction of P(correct), and the base logits to log.
+        feedback, logits = getattr(planner, "feedback", None), None
+        if feedback is not None:
+            await feedback.sync()
+            predictions, logits = feedback.adjust(query.task, predictions)
         try:
             limits = dict(max_cost=query.max_cost or None, max_latency_ms=query.max_latency_ms or None)
             if self.policy is not None:
@@ -153,6 +158,9 @@ class PlanningPolicy:
         }
         if excluded:
             candidates["excluded"] = excluded
+        if logits is not None:
+            candidates["logits"] = logits
+            candidates["task"] = query.task
         # Fall down the ranking past plans whose pools have no live replica now (the trace says which).
         order = [c.plan for c in decision.ranked]
         skipped = {}

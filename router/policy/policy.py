@@ -250,30 +250,7 @@ class Policy:
     def _refit(self, task: str, plan: str) -> None:
         """MAP + Laplace covariance of (a, b) in logit' = z + a + b z, prior N(0, prior_var I)."""
         zs, ys = map(np.array, zip(*self._hist[(task, plan)]))
-        phi = np.stack([np.ones_like(zs), zs], 1)
-        w = np.zeros(2)
-        prec0 = np.eye(2) / self.config.prior_var
-
-        def objective(w):
-            m = zs + phi @ w
-            return float(np.sum(np.logaddexp(0, m) - ys * m) + 0.5 * w @ prec0 @ w)
-
-        f = objective(w)
-        for _ in range(30):  # damped Newton: halve the step until the (convex) objective drops
-            p = _sigmoid(zs + phi @ w)
-            grad = phi.T @ (p - ys) + prec0 @ w
-            hess = (phi * (p * (1 - p))[:, None]).T @ phi + prec0
-            step = np.linalg.solve(hess, grad)
-            t = 1.0
-            while t > 1e-4 and objective(w - t * step) > f:
-                t *= 0.5
-            w = w - t * step
-            f = objective(w)
-            if np.abs(t * step).max() < 1e-6:
-                break
-        p = _sigmoid(zs + phi @ w)
-        hess = (phi * (p * (1 - p))[:, None]).T @ phi + prec0
-        self._corr[(task, plan)] = (w, np.linalg.inv(hess))
+        self._corr[(task, plan)] = fit_correction(zs, ys, self.config.prior_var)
 
     def fork(self) -> "Policy":
         """A copy sharing the (read-only) probe with its own online state: for what-if adaptation."""
@@ -316,6 +293,37 @@ class Policy:
             pol._refit(t, p)
         pol._calib = {p: list(v) for p, v in s["calib"].items()}
         return pol
+
+
+def fit_correction(zs, ys, prior_var: float) -> tuple[np.ndarray, np.ndarray]:
+    """The per-(task, plan) Bayesian logistic correction: MAP (a, b) of logit' = z + a + b z on base logits `zs`
+    and outcomes `ys` in [0, 1] (soft labels allowed), prior N(0, prior_var I), and its Laplace covariance.
+    Shared by `Policy.update`/`adapt` and the router's online feedback (router/feedback.py)."""
+    zs, ys = np.asarray(zs, np.float64), np.asarray(ys, np.float64)
+    phi = np.stack([np.ones_like(zs), zs], 1)
+    w = np.zeros(2)
+    prec0 = np.eye(2) / prior_var
+
+    def objective(w):
+        m = zs + phi @ w
+        return float(np.sum(np.logaddexp(0, m) - ys * m) + 0.5 * w @ prec0 @ w)
+
+    f = objective(w)
+    for _ in range(30):  # damped Newton: halve the step until the (convex) objective drops
+        p = _sigmoid(zs + phi @ w)
+        grad = phi.T @ (p - ys) + prec0 @ w
+        hess = (phi * (p * (1 - p))[:, None]).T @ phi + prec0
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        while t > 1e-4 and objective(w - t * step) > f:
+            t *= 0.5
+        w = w - t * step
+        f = objective(w)
+        if np.abs(t * step).max() < 1e-6:
+            break
+    p = _sigmoid(zs + phi @ w)
+    hess = (phi * (p * (1 - p))[:, None]).T @ phi + prec0
+    return w, np.linalg.inv(hess)
 
 
 def choose(predictions: dict[str, Prediction], dial: float, config: PolicyConfig, rng: np.random.Generator,

@@ -114,7 +114,7 @@ class FakePool:
     def has_live_replica(self, model: str) -> bool:
         return True
 
-    async def info(self, model: str) -> ModelInfo:
+    async def info(self, model: str, **kw) -> ModelInfo:
         if model == self.down:
             raise NoReplica(f"no healthy replica of model {model!r} is available")
         return ModelInfo(model, "tok", 2048, True, "fake", "cpu")
