@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "router.commands.ask",
     "router.commands.bench",
     "router.commands.route_eval",
+    "router.commands.collect",
     "router.commands.admin",
     "router.commands.train",
     "router.commands.policy",
