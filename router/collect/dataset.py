@@ -3,7 +3,7 @@ optionally its task and its grader.
 
 Fields are found by name unless given: text `question` | `prompt` | `query`; gold `answer` | `ground_truth` |
 `gold` | `label`; task `task` | `subject` | `dataset` (optional); grader: the command's `--grader`, else the
-row's `grader` field (numeric | choice | exact).
+row's `grader` field (numeric | first_number | choice | exact).
 """
 from __future__ import annotations
 

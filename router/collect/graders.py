@@ -5,6 +5,8 @@ Each grader is `grade(text, gold) -> (is_correct, extracted answer)`:
   else after the last `A:` / `answer is` / `Answer:`, else inside the last `\\boxed{}`, else the last number
   in the text; the gold's the same way (GSM8K golds end `#### 18`, the GPT-3 outcome files' `A: 18`).
   Commas, `$` and `%` are dropped; equal within 1e-6 (relative) counts as correct.
+- `first_number`: the first number of the text against the gold number (completions such as `12 + 5 =` ...,
+  where a small model may carry on with more sums after its answer).
 - `choice`: a multiple-choice letter (A-J): `answer is (B)`, `Answer: B`, `(B)`, `B.` or `B)` at the start,
   else the last standalone capital letter A-J in the text; gold is a letter (or starts with one).
 - `exact`: normalised exact match (lower case, punctuation and the articles a/an/the dropped, whitespace
@@ -56,6 +58,17 @@ def grade_numeric(text: str, gold: str) -> tuple[bool, str]:
     return abs(a - g) <= 1e-6 * max(1.0, abs(g)), answer
 
 
+def grade_first_number(text: str, gold: str) -> tuple[bool, str]:
+    """Completion-style answers (`12 + 5 =` continued by a model that may go on with more sums): the first
+    number of the text against the gold number."""
+    found = _NUM_RE.findall(text)
+    answer = found[0].strip() if found else ""
+    a, g = parse_number(answer), parse_number(extract_number(str(gold)))
+    if a is None or g is None:
+        return False, answer
+    return abs(a - g) <= 1e-6 * max(1.0, abs(g)), answer
+
+
 _LETTER_MARKERS = [re.compile(r"answer is[:\s]*\(?([A-J])\)?\b"), re.compile(r"Answer:\s*\(?([A-J])\)?\b"),
                    re.compile(r"\A\s*\(([A-J])\)"), re.compile(r"\A\s*([A-J])(?:[.):]|\s*\Z)")]
 _LETTER = re.compile(r"\b([A-J])\b")
@@ -92,6 +105,7 @@ def grade_exact(text: str, gold: str) -> tuple[bool, str]:
 #: Grader name (the --grader choices, a data row's `grader` field) -> grader.
 GRADERS: dict[str, Grader] = {
     "numeric": grade_numeric,
+    "first_number": grade_first_number,
     "choice": grade_choice,
     "exact": grade_exact,
 }

@@ -15,7 +15,8 @@ request with its plan fixed; grade each answer; write an outcome file that `rout
 The data file is JSON lines: the query text (`question` | `prompt` | `query`), the gold answer (`answer` |
 `ground_truth` | `gold` | `label`), optionally a task (`task` | `subject` | `dataset`) and a `grader`.
 Graders: numeric (the answer's number vs the gold number: `#### 18`, `A: 18`, `answer is 18`, \\boxed{18},
-else the last number), choice (a multiple-choice letter A-J), exact (normalised exact match).
+else the last number), first_number (the first number: completions like `12 + 5 =`), choice (a
+multiple-choice letter A-J), exact (normalised exact match).
 
 Per query and plan the outcome row has is_correct, the extracted answer, the full answer (`solution`), tokens
 per model, prompt tokens, cost (tokens x `policy.prices` of the config), the router's total latency and the
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="FILE", help="labelled data (JSON lines)")
     p.add_argument("--config", required=True, metavar="YAML", help="the router config the stack runs (its policy.candidates and prices)")
     p.add_argument("--out", required=True, metavar="FILE", help="outcome file (JSON lines); an existing one is resumed")
-    p.add_argument("--grader", choices=None, metavar="NAME", help="numeric | choice | exact (default: each row's `grader` field)")
+    p.add_argument("--grader", choices=None, metavar="NAME", help="numeric | first_number | choice | exact (default: each row's `grader` field)")
     p.add_argument("--text-field", metavar="NAME", help="query text field (default: question | prompt | query)")
     p.add_argument("--gold-field", metavar="NAME", help="gold answer field (default: answer | ground_truth | gold | label)")
     p.add_argument("--task-field", metavar="NAME", help="task field (default: task | subject | dataset, if present)")
