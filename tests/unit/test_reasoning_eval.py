@@ -107,3 +107,14 @@ def test_shipped_reasoning_config_prices_every_plan_of_the_file():
         assert all(cfg.systems[q] == price for q in same)
     for model, levels in cfg.reasoning["three_tier"].items():
         assert all(f"{model}:{lv}" in plans for lv in levels)
+
+
+def test_bootstrap_of_a_fold_holding_one_whole_group_resamples_rows():
+    """Transfer folds (train on one data set, evaluate on the other) hold one group: resampling groups would
+    draw the same rows every time (a zero-width interval), so rows are resampled."""
+    from router.policy.evaluate import bootstrap_weights
+
+    one = bootstrap_weights(50, np.array(["frames"] * 50, dtype=object), 20, 0)
+    assert one.std(0).mean() > 0 and (one.sum(1) == 50).all()
+    two = bootstrap_weights(10, np.array(["a"] * 5 + ["b"] * 5, dtype=object), 20, 0)
+    assert (two[:, :5].std(1) == 0).all()  # several groups: whole groups as before
