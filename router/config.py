@@ -266,6 +266,42 @@ class RedisConfig(_Base):
         return self
 
 
+class AutoscalePoolConfig(_Base):
+    """One pool's autoscaling targets and capacity (router/autoscale.py; served by thinkroute.v1.Cluster)."""
+
+    capacity_tokens_per_s: float = Field(100.0, gt=0)
+    """Generated tokens per second one replica sustains at its batch size (measure it: docs/benchmarks.md has SmolLM2-135M on vLLM/CPU at 137 tok/s with 32 in flight on a 2-core machine)."""
+    ttft_p95_ms: float = Field(0.0, ge=0)
+    """SLO: p95 time to first token at the workers (ms); over it, the pool asks for more replicas. 0 = no target."""
+    latency_p95_ms: float = Field(0.0, ge=0)
+    """SLO: p95 latency of one model call as the router sees it (ms). 0 = no target."""
+    min_replicas: int = Field(1, ge=0)
+    """Fewest replicas GetDesiredReplicas asks for."""
+    max_replicas: int = Field(4, ge=1)
+    """Most replicas GetDesiredReplicas asks for and SetReplicas accepts."""
+    target_utilisation: float = Field(0.7, gt=0, le=1)
+    """Fraction of a replica's capacity (tokens/s and concurrency slots) to run at."""
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "AutoscalePoolConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+
+class AutoscaleConfig(_Base):
+    """Coupled scaling: desired replicas per pool from the plan mix's predicted token demand, queues and SLO targets."""
+
+    default: AutoscalePoolConfig = Field(default_factory=AutoscalePoolConfig)
+    """Targets of every pool not listed in `pools`."""
+    pools: dict[str, AutoscalePoolConfig] = Field(default_factory=dict)
+    """Targets per model pool (same fields as `default`)."""
+    plan_mix_window_s: float = Field(20.0, gt=0, le=3600)
+    """Window over which plans chosen per second (and the token demand they predict) are counted."""
+    downscale_delay_s: float = Field(60.0, ge=0)
+    """A pool is asked to shrink only after every ask of this many seconds was lower (scale-up is immediate)."""
+
+
 class Config(_Base):
     models: dict[str, ModelPoolConfig]
     """Model pools by name; each runs `replicas` workers (`thinkroute worker`)."""
@@ -290,6 +326,8 @@ class Config(_Base):
     priors or a trained probe artifact); None = the config's default strategy."""
     run_dir: str = "runs/serve"
     """Where `thinkroute serve` writes worker logs and Redis data."""
+    autoscale: AutoscaleConfig = Field(default_factory=AutoscaleConfig)
+    """Autoscaling signals and targets (thinkroute.v1.Cluster, router/autoscale.py)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -533,6 +533,15 @@ def build_http_app(frontend: OpenAIFrontend) -> FastAPI:
     app.add_api_route("/v1/models", frontend.list_models, methods=["GET"])
     app.add_api_route("/v1/feedback", frontend.feedback, methods=["POST"])
     app.add_api_route("/health", frontend.health, methods=["GET"])
+
+    async def _metrics() -> Response:
+        """Prometheus text format: this router replica's thinkroute_* metrics (router/metrics.py). No credential
+        needed: no tenant, key or request content is in it."""
+        from router.metrics import CONTENT_TYPE
+
+        return Response(frontend.core.signals.exposition(), media_type=CONTENT_TYPE)
+
+    app.add_api_route("/metrics", _metrics, methods=["GET"])
     from router.learn.serving import http_reload
 
     async def reload_policy(request: Request) -> Response:  # admin: `thinkroute policy reload` over HTTP

@@ -242,7 +242,7 @@ class LocalCluster:
         from ray import serve
         from ray.serve.config import HTTPOptions, gRPCOptions
 
-        from router.serve_app import ROUTER_SERVICER, build_app
+        from router.serve_app import GRPC_SERVICERS, build_app
 
         sc = self.config.serve
         say("starting Ray and Ray Serve")
@@ -254,7 +254,7 @@ class LocalCluster:
         serve.start(  # Ray Serve's HTTP proxy serves HTTPS with these; its gRPC proxy has no TLS option
             http_options=HTTPOptions(host=sc.host, port=sc.http_port, ssl_certfile=tls.http_cert_file,
                                      ssl_keyfile=tls.http_key_file),
-            grpc_options=gRPCOptions(port=sc.grpc_port, grpc_servicer_functions=[ROUTER_SERVICER]),
+            grpc_options=gRPCOptions(port=sc.grpc_port, grpc_servicer_functions=GRPC_SERVICERS),
         )
         serve.run(build_app(self.config, self.addresses()), name=sc.app_name, route_prefix="/")
         say(f"router ready: gRPC {sc.host}:{sc.grpc_port} (thinkroute.v1.Router), HTTP {sc.host}:{sc.http_port}")

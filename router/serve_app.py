@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import grpc
@@ -41,6 +42,8 @@ from router.worker_client import WorkerTls
 
 log = logging.getLogger("thinkroute.router")
 ROUTER_SERVICER = "thinkroute.v1.router_pb2_grpc.add_RouterServicer_to_server"
+#: Both gRPC services the application serves (Ray Serve's gRPCOptions.grpc_servicer_functions).
+GRPC_SERVICERS = [ROUTER_SERVICER, "thinkroute.v1.cluster_pb2_grpc.add_ClusterServicer_to_server"]
 __all__ = ["ADMIN_METADATA", "ROUTER_SERVICER", "DialState", "RouterIngress", "app_builder", "build_app"]
 #: How long one long-poll of the dial state waits for a change before it is renewed.
 DIAL_WATCH_S = 30.0
@@ -97,7 +100,7 @@ class RouterIngress:
 
     async def __init__(self, config: dict[str, Any], addresses: dict[str, list[str]], admin_token: str | None,
                        api_key_digests: dict[str, str] | None = None, dial_state=None,
-                       worker_ca_pem: bytes | None = None, policy_state=None) -> None:
+                       worker_ca_pem: bytes | None = None, policy_state=None, scaler=None) -> None:
         self.config = Config.model_validate(config)
         tls = WorkerTls(worker_ca_pem, self.config.tls.worker_server_name) if worker_ca_pem else None
         self.core = RouterCore(self.config, addresses, policy=_load_policy(self.config),
@@ -117,6 +120,11 @@ class RouterIngress:
 
         self.core.policy_reloader = PolicyReloader(self.core, policy_state)
         await self.core.policy_reloader.start_following()
+        # thinkroute.v1.Cluster (router/cluster_service.py); `scaler` is the app's PoolScaler handle, followed here.
+        from router.cluster_service import ClusterService
+
+        self.cluster = ClusterService(self.core, self.config, scaler)
+        self._scaler_task = asyncio.get_running_loop().create_task(self.cluster.follow()) if scaler is not None else None
 
     async def _follow_dials(self) -> None:
         """Long-poll the app's DialState for as long as this replica lives."""
@@ -253,6 +261,44 @@ class RouterIngress:
             _set_status(grpc_context, err)
             raise err from None
 
+    # -- thinkroute.v1.Cluster (router/cluster_service.py) ---------------------------------------------
+    async def GetPoolStats(self, request, grpc_context=None):
+        try:
+            self.core.admission.authenticate(grpc_caller(grpc_context))
+            return (await self.cluster.stats(list(request.pools)))[0]
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "GetPoolStats")
+            _set_status(grpc_context, err)
+            raise err from None
+
+    async def WatchPoolStats(self, request, grpc_context=None):
+        try:
+            self.core.admission.authenticate(grpc_caller(grpc_context))
+            async for stats in self.cluster.watch(list(request.pools), request.interval_s):
+                yield stats
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "WatchPoolStats")
+            _set_status(grpc_context, err)
+            raise err from None
+
+    async def GetDesiredReplicas(self, request, grpc_context=None):
+        try:
+            self.core.admission.authenticate(grpc_caller(grpc_context))
+            return await self.cluster.desired(list(request.pools))
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "GetDesiredReplicas")
+            _set_status(grpc_context, err)
+            raise err from None
+
+    async def SetReplicas(self, request, grpc_context=None):
+        try:
+            self.core.admission.check_admin(grpc_caller(grpc_context))
+            return await self.cluster.set_replicas(request.pool, request.replicas)
+        except Exception as e:  # noqa: BLE001
+            err = _as_routing_error(e, "SetReplicas")
+            _set_status(grpc_context, err)
+            raise err from None
+
     def __serve_build_asgi_app__(self):
         """Called by Ray Serve once per replica, after __init__: the HTTP ingress over this replica's core."""
         return build_http_app(self.http)
@@ -291,10 +337,16 @@ def build_app(config: Config, addresses: dict[str, list[str]]) -> serve.Applicat
 
     policy_state = serve.deployment(PolicyState, name="policy_state", num_replicas=1, max_ongoing_requests=10_000,
                                     ray_actor_options={"num_cpus": 0})
+    from router.cluster_service import PoolScaler
+
+    scaler = serve.deployment(PoolScaler, name="scaler", num_replicas=1, max_ongoing_requests=10_000,
+                              ray_actor_options={"num_cpus": 0})
     return deployment.bind(config.model_dump(mode="json"), addresses, admin_token, digests,
                            dials.bind(config.dial.default, config.dial.tenants),
                            worker_tls.ca_pem if worker_tls else None,
-                           policy_state.bind(config.policy.artifact if config.policy else None))
+                           policy_state.bind(config.policy.artifact if config.policy else None),
+                           scaler=scaler.bind(config.model_dump(mode="json"), addresses,
+                                              str((Path(config.run_dir) / "scaler").resolve())))
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

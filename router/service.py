@@ -49,6 +49,10 @@ class RouterCore:
                                unhealthy_after=rc.unhealthy_after, discovery=discovery_from_config(config))
         self.dials = DialStore(config.dial.default, config.dial.tenants)
         self.planner = Planner(config, self.dials, policy)
+        from router.metrics import RouterSignals
+
+        #: thinkroute_* Prometheus metrics and the plan mix that coupled scaling reads (router/metrics.py).
+        self.signals = RouterSignals.from_config(config, lambda: self.dials.get(""))
         #: Decision log + online per-task correction from feedback (router/feedback.py); None without a policy.
         self.feedback = None
         if config.policy is not None and config.policy.feedback.enabled:
@@ -98,6 +102,8 @@ class RouterCore:
         self.validate(query)
         with trace.stage("plan"):
             plan = await self.planner.plan(query, self.pool)
+        plan_key = self.signals.planned(plan.name, plan.strategy.name, plan.models, plan.dial,
+                                        trace.stage_ms.get("plan", 0.0) / 1e3)
         while True:  # the policy's plan, then (its pool unavailable, nothing answered yet) the next ranked plans
             ctx = None
             try:
@@ -125,9 +131,11 @@ class RouterCore:
         if self.replica_id:
             trace.details["router_replica"] = self.replica_id
         trace.stage_ms["total"] = (time.perf_counter() - t0) * 1e3
+        trace_dict = trace.to_dict()
+        self.signals.finished(plan_key, trace_dict)
         return RouteResult(request_id=query.request_id, text=result.text,
                            final_answer=extract_final_answer(result.text), finish_reason=result.finish_reason,
-                           trace=trace.to_dict())
+                           trace=trace_dict)
 
     async def close(self) -> None:
         await self.pool.close()
