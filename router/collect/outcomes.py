@@ -105,6 +105,9 @@ def format_summary(summary: list[dict]) -> str:
     head = f"{'plan':28s} {'n':>5s} {'accuracy':>9s} {'cost/query':>12s} {'cost total':>11s} {'latency':>9s} {'p95':>9s} {'TTFT':>8s}"
     lines = [head]
     for s in summary:
+        if not s["n"]:
+            lines.append(f"{s['plan']:28s} {0:5d}  (no answers yet)")
+            continue
         lines.append(f"{s['plan']:28s} {s['n']:5d} {100 * s['accuracy']:8.1f}% ${s['cost_per_query']:11.6f} "
                      f"${s['cost_total']:10.4f} {s['latency_ms_mean']:7.0f}ms {s['latency_ms_p95']:7.0f}ms "
                      f"{s['ttft_ms_mean']:6.0f}ms")

@@ -115,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.out}: {len(rows)} of {len(queries)} queries complete ({stats.skipped_queries} already done, "
           f"{stats.written_queries} written now; {stats.requests} requests, {stats.failed} failed)")
     print(format_summary(summary))
+    if stats.failed:
+        print(f"{stats.failed} requests failed (their queries are not written; re-run the same command to retry them); "
+              f"first errors, router {address}:", file=sys.stderr)
     for plan, code, msg in stats.errors:
         print(f"  failed: plan {plan}: {code}: {msg}", file=sys.stderr)
     if args.summary_json:
