@@ -220,7 +220,8 @@ class PoolScaler:
         self.ready: dict[str, list[str]] = {p: [] for p in self.config.models}
         self.targets: dict[str, int] = {}
         self._changed = asyncio.Event()
-        self._next_index = 0
+        #: Indexes of scaler-started workers (replica ids `<pool>-<index>`) start far above the launcher's own.
+        self._next_index = 1000
         self._tasks: set[asyncio.Task] = set()
 
     def snapshot(self) -> dict[str, Any]:

@@ -20,7 +20,8 @@ What it models (a discrete-time simulation, `--dt` seconds per step, seeded):
   * `ray-default`: Ray Serve's default policy (target_ongoing_requests=2, look_back_period_s=30,
     upscale_delay_s=30, downscale_delay_s=600); `ray-target-8`: the same with target_ongoing_requests=8;
   * `coupled`: router/autoscale.py (the code the Cluster service runs): demand predicted from the plans chosen,
-    queue, and latency p95 against the SLO; down after 60 s of lower asks.
+    queue, and call latency p95 against the SLO; down after 60 s of lower asks (`autoscale.downscale_delay_s`);
+    `coupled-hold-600`: the same with Ray's 600 s downscale delay.
 """
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ class Call:
     req: "Request"
     tokens_left: float
     wait_left: float
+    t0: float = 0.0
+    """When the call was submitted to its pool (its latency is measured from here)."""
 
 
 @dataclass
@@ -187,7 +190,9 @@ class Coupled(Policy):
 
     name = "coupled"
 
-    def __init__(self, targets: dict[str, PoolTarget], window_s: float = 20.0, downscale_delay_s: float = 60.0) -> None:
+    def __init__(self, targets: dict[str, PoolTarget], window_s: float = 20.0, downscale_delay_s: float = 60.0,
+                 name: str = "coupled") -> None:
+        self.name = name
         priors = {plan: {pool: float(n) for pool, n in stages} for plan, stages in PLANS.items()}
         self.mix = PlanMix(priors, window_s=window_s, clock=lambda: self.now)
         self.scaler = Autoscaler(targets, downscale_delay_s)
@@ -246,7 +251,7 @@ class Sim:
         if len(st.queue) >= self.max_queue * max(1, len(st.serving(now))):
             req.shed = True
             return
-        st.queue.append(Call(req, float(tokens), self.models[pool_name].ttft_s))
+        st.queue.append(Call(req, float(tokens), self.models[pool_name].ttft_s, now))
 
     def _apply(self, now: float, want: dict[str, int]) -> None:
         for p, n in want.items():
@@ -297,7 +302,7 @@ class Sim:
                             c.tokens_left -= st.model.rate(n) * self.dt
                         if c.tokens_left <= 0:
                             c.req.stage += 1
-                            st.latencies.append((now, now - c.req.arrival))
+                            st.latencies.append((now, now - c.t0))
                             if c.req.stage < len(PLANS[c.req.plan]):
                                 self._submit(now, c.req)
                             else:
@@ -375,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"calibration": cal, "rate": rate, "args": vars(args), "traces": {}}
     timelines: dict = {}
     runs = [(t, pol) for t in args.traces.split(",") for pol in
-            ("static-mean", "static-peak", "ray-default", "ray-target-8", "coupled")]
+            ("static-mean", "static-peak", "ray-default", "ray-target-8", "coupled", "coupled-hold-600")]
     for trace, pname in tqdm(runs, desc="simulating", unit="run"):
         arrivals = make_trace(trace, args.duration, rate, args.seed)
         mid = args.duration / 2
@@ -398,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             "ray-default": lambda: RayDefault("ray-default", 2.0, bounds=(1, args.max_replicas)),
             "ray-target-8": lambda: RayDefault("ray-target-8", 8.0, bounds=(1, args.max_replicas)),
             "coupled": lambda: Coupled(targets),
+            "coupled-hold-600": lambda: Coupled(targets, downscale_delay_s=600.0, name="coupled-hold-600"),
         }[pname]()
         initial = policy.counts if isinstance(policy, Static) else {p: 1 for p in POOLS}
         sim = Sim(models, policy, arrivals, dial_at, dt=args.dt, interval=args.interval,
