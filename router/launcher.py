@@ -116,6 +116,8 @@ class LocalCluster:
     redis_tls_ca: str | None = None
     """CA file clients verify the launcher-started Redis with (under `redis.tls`)."""
     _stopping: bool = False
+    ingress: str = ""
+    """The Ray Serve ingress the router runs behind (`haproxy`, `proxy`), set by `start_router`."""
 
     def addresses(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {name: list(pool.addresses) for name, pool in self.config.models.items()}
@@ -180,9 +182,15 @@ class LocalCluster:
 
     def start_workers(self, redis_url: str | None, timeout_s: float = 900.0) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        from router.policy.planning import warm_hidden_states
+
+        warm = warm_hidden_states(self.config)  # the probe artifact's layers, loaded at start on the drafter
         for name, pool in self.config.models.items():
             for i in range(pool.replicas):
                 engine = pool.model_dump(exclude={"replicas", "addresses"})
+                if warm is not None and warm[0] == name and engine.get("backend") == "vllm" \
+                        and not engine.get("hidden_state_warm_layers"):
+                    engine.update(warm[1])
                 if redis_url and engine.get("kv_connector") == "redis":
                     from workers.kv.config import redis_kv_transfer_config
 
@@ -245,10 +253,19 @@ class LocalCluster:
         from router.serve_app import GRPC_SERVICERS, build_app
 
         sc = self.config.serve
-        say("starting Ray and Ray Serve")
+        self.ingress = "cluster's own"
         if sc.ray_address:
+            say("starting Ray Serve on the Ray cluster at the configured address")
             ray.init(address=sc.ray_address, logging_level="WARNING")
         else:
+            from router.ingress import choose_ingress
+
+            choice = choose_ingress(self.config)  # Ray's processes read it from the environment they inherit
+            os.environ.update(choice.env)
+            self.ingress = choice.mode
+            if choice.note:
+                say(choice.note)
+            say(f"starting Ray and Ray Serve ({'HAProxy' if choice.mode == 'haproxy' else 'Python proxy'} ingress)")
             ray.init(num_cpus=sc.num_cpus, include_dashboard=False, logging_level="WARNING")
         tls = self.config.tls
         serve.start(  # Ray Serve's HTTP proxy serves HTTPS with these; its gRPC proxy has no TLS option
@@ -257,7 +274,8 @@ class LocalCluster:
             grpc_options=gRPCOptions(port=sc.grpc_port, grpc_servicer_functions=GRPC_SERVICERS),
         )
         serve.run(build_app(self.config, self.addresses()), name=sc.app_name, route_prefix="/")
-        say(f"router ready: gRPC {sc.host}:{sc.grpc_port} (thinkroute.v1.Router), HTTP {sc.host}:{sc.http_port}")
+        say(f"router ready: gRPC {sc.host}:{sc.grpc_port} (thinkroute.v1.Router), HTTP {sc.host}:{sc.http_port} "
+            f"({self.ingress} ingress)")
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
