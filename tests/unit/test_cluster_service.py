@@ -108,3 +108,52 @@ def test_membership_follows_the_scaler_and_keeps_static_replicas():
                                                                            ("h:9", "scaler")]
     apply_membership(pool, {"pools": {"a": {"ready": []}, "unknown": {"ready": ["x:1"]}}})
     assert [r.address for r in pool.replica_set.pool("a")] == ["h:1", "h:2"]
+
+
+class FakeWorker:
+    def __init__(self, pool: str, index: int) -> None:
+        self.model, self.index, self.address = pool, index, f"127.0.0.1:{7000 + index}"
+        self.is_ready, self.stopped = False, False
+        self.proc = self
+        self.log_path = "log"
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def poll(self):
+        return None
+
+    def stop(self, grace_s: float) -> None:
+        self.stopped = True
+
+
+def test_pool_scaler_starts_publishes_when_ready_and_stops_newest_first(tmp_path):
+    from router.cluster_service import PoolScaler
+
+    async def scenario():
+        scaler = PoolScaler(CONFIG.model_dump(mode="json"), {"a": ["h:1"], "b": ["h:3"]}, str(tmp_path))
+        started: list[FakeWorker] = []
+
+        def fake_start(pool):
+            w = FakeWorker(pool, scaler._next_index)
+            scaler._next_index += 1
+            started.append(w)
+            return w
+
+        scaler._start = fake_start
+        snap = await scaler.set("a", 3)  # 1 static + 2 of its own
+        assert snap["pools"]["a"] == {"target": 3, "static": 1, "started": [w.address for w in started], "ready": []}
+        assert [w.index for w in started] == [1000, 1001]
+        watcher = asyncio.ensure_future(scaler.watch(snap["epoch"], snap["version"], timeout_s=5))
+        started[1].is_ready = True
+        snap = await watcher  # the long-poll returns when a worker becomes ready
+        assert snap["pools"]["a"]["ready"] == [started[1].address]
+        snap = await scaler.set("a", 0)  # never below the static floor; stops its own, newest first
+        assert snap["pools"]["a"]["target"] == 1 and snap["pools"]["a"]["started"] == []
+        assert snap["pools"]["a"]["ready"] == []
+        await asyncio.sleep(0.6)
+        assert all(w.stopped for w in started)
+        with pytest.raises(NotFound):
+            await scaler.set("zz", 1)
+
+    asyncio.run(scenario())
