@@ -76,7 +76,8 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router.cli", "worker", "--model", self.model, "--port", str(self.port),
              "--config-file", str(self.config_file), "--ready-file", str(ready),
-             "--replica-id", f"{self.model}-{self.index}", *self.tls_args],
+             "--replica-id", f"{self.model}-{self.index}", *self.tls_args,
+             "--metrics-port", "0"],  # Prometheus /metrics on a free port, reported by the Load RPC
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             preexec_fn=_die_with_parent,
         )
