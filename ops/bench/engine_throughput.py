@@ -133,7 +133,10 @@ async def run(args) -> dict:
         start_s = time.perf_counter() - t0
         after_vllm = _pss_mib()
         t0 = time.perf_counter()
-        hf = await vllm_engine.hf_engine()
+        from workers.hf_engine import HfEngine  # the `hf` backend's engine on the same weights
+
+        hf = HfEngine(vllm_engine.spec, vllm_engine.model_dir, cfg.model_copy(update={"backend": "hf"}))
+        await hf.start()
         hf_load_s = time.perf_counter() - t0
         after_hf = _pss_mib()
         started.append((model, vllm_engine, hf))

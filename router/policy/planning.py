@@ -12,13 +12,14 @@ are stated as priors in the trace, not as measurements. Costs are always tokens 
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from router.errors import InvalidRoute
+from router.errors import DeadlineExceeded, InvalidRoute
 from router.plan_schema import (  # noqa: F401 - CandidatePlan, PlanPrior, LivePolicyConfig re-exported (old import path)
     CONSTRAINED_STRATEGIES, CandidatePlan, LivePolicyConfig, Plan, PlanPrior, constrained_turn)
 from router.policy.costs import token_cost
@@ -60,6 +61,7 @@ class PlanningPolicy:
             missing = [n for n in self.spec.candidates if n not in self.spec.priors]
             if missing:
                 raise InvalidRoute(f"policy: no artifact and no priors for candidates {missing}")
+        self.calibration = _load_calibration(self.spec)  # dial targets (router/policy/calibrate.py); None = none
         # Priors only: the same decision rule as a trained policy, without a probe.
         self._prior_config = PolicyConfig(dial=DialConfig(**self.spec.dial))
         self._features: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -69,11 +71,13 @@ class PlanningPolicy:
         pool = self.config.models.get(self.drafter)
         return (pool.model if pool is not None and pool.model else self.drafter)
 
-    async def check_served(self, pool) -> None:
-        """Refuse the artifact unless the drafter's workers serve the model it was trained on (Info)."""
+    async def check_served(self, pool, deadline: float | None = None) -> None:
+        """Refuse the artifact unless the drafter's workers serve the model it was trained on (Info, within
+        `deadline`, a time.monotonic() value, when given)."""
         if self.policy is None or self._served_checked or self.request is None:
             return
-        served = await pool.served_model_id(self.drafter)
+        served = await (pool.served_model_id(self.drafter) if deadline is None
+                        else _with_deadline(pool.served_model_id(self.drafter, deadline=deadline), deadline))
         check_model_identity(self.policy, served, self.drafter)
         self._served_checked = True
 
@@ -102,7 +106,7 @@ class PlanningPolicy:
             return self._features[key], {"cached": True}
         if self.text_source is not None:
             return self.text_source.features([text])[0], {"cached": False, "computed": "in the router (text features)"}
-        await self.check_served(pool)
+        await self.check_served(pool, deadline)
         rows, served, record = await pool.hidden_features(self.drafter, [PromptInput(text=text)], self.request,
                                                           deadline=deadline)
         check_model_identity(self.policy, served, self.drafter)
@@ -121,10 +125,24 @@ class PlanningPolicy:
         if self.policy is not None:
             if pool is None:
                 raise RuntimeError("the probe policy needs the worker pool for hidden states")
-            feats, info = await self.features(pool, text, time.monotonic() + 30.0)
-            predictions = self.policy.predict(feats, prompt_tokens)
-            probe_info = {"kind": "probe", "source": f"probe artifact {self.spec.artifact}", "drafter": self.drafter,
-                          "features": self.policy.probe.feature_spec.get("source"), **info}
+            budget_s, why_budget = self.probe_budget_s(query)
+            try:
+                feats, info = await _with_deadline(self.features(pool, text, time.monotonic() + budget_s),
+                                                   time.monotonic() + budget_s)
+            except DeadlineExceeded:
+                # The request's deadline comes first: plan without the probe, and say so.
+                waited = (time.perf_counter() - t0) * 1e3
+                late = (f"the probe's features did not arrive within {budget_s * 1e3:.0f} ms ({why_budget}); "
+                        f"waited {waited:.0f} ms")
+                if any(n not in self.spec.priors for n in self.spec.candidates):
+                    return self._default_plan(query, dial, planner, late, t0)
+                predictions = self._prior_predictions(prompt_tokens)
+                probe_info = {"kind": "priors", "source": f"priors (configured, not measured): {late}",
+                              "probe_timeout": True, "waited_ms": waited}
+            else:
+                predictions = self.policy.predict(feats, prompt_tokens)
+                probe_info = {"kind": "probe", "source": f"probe artifact {self.spec.artifact}", "drafter": self.drafter,
+                              "features": self.policy.probe.feature_spec.get("source"), **info}
         else:
             predictions = self._prior_predictions(prompt_tokens)
         # A tool-calling / structured-output turn: only plans that honour the constraint may answer it.
@@ -183,6 +201,29 @@ class PlanningPolicy:
             reason += f"; {why}: only {sorted(predictions)} can run it"
         return self.plan_named(name, query, dial, candidates, reason)
 
+    def probe_budget_s(self, query: RouteQuery) -> tuple[float, str]:
+        """How long planning may wait for the probe's features (seconds), and why: `policy.probe_timeout_ms`, or
+        `policy.probe_budget_share` of the request's `max_latency_ms` when that is tighter."""
+        budget, why = self.spec.probe_timeout_ms / 1e3, "policy.probe_timeout_ms"
+        if query.max_latency_ms:
+            share = self.spec.probe_budget_share * query.max_latency_ms / 1e3
+            if share < budget:
+                budget, why = share, (f"policy.probe_budget_share {self.spec.probe_budget_share:g} of the request's "
+                                      f"max_latency_ms {query.max_latency_ms:g}")
+        return budget, why
+
+    def _default_plan(self, query: RouteQuery, dial: float, planner: "Planner", late: str, t0: float) -> Plan:
+        """The config's default plan (router.default_strategy), when the probe is late and priors do not cover
+        every candidate."""
+        name = self.config.router.default_strategy
+        cls = get_strategy(name)
+        options = cls.parse_options(self.config.router.strategies.get(name), request=query.options)
+        candidates = {"predictions": {"kind": "default", "source": f"none: {late}", "probe_timeout": True},
+                      "plan_ms": (time.perf_counter() - t0) * 1e3}
+        return Plan(strategy=cls(options), models=planner._models_for(cls, query), dial=dial, candidates=candidates,
+                    reason=f"config default (router.default_strategy {name!r}): {late}, and policy.priors do not "
+                           "cover every candidate")
+
     def plan_named(self, name: str, query: RouteQuery, dial: float, candidates: dict[str, Any], reason: str) -> Plan:
         """The Plan for candidate `name`. The request's strategy knobs apply to the chosen strategy only: a knob
         that belongs to another candidate's strategy is ignored (listed in the trace under
@@ -231,6 +272,31 @@ class PlanningPolicy:
                       f"{', '.join(tried[-1:])} failed: {error}")
             return self.plan_named(name, query, plan.dial, candidates, reason)
         return None
+
+
+async def _with_deadline(aw, deadline: float):
+    """Await `aw` until `deadline` (time.monotonic()); past it, cancel it and raise DeadlineExceeded."""
+    try:
+        return await asyncio.wait_for(aw, max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded("the planning deadline passed") from None
+
+
+def _load_calibration(spec: LivePolicyConfig):
+    """The dial calibration table of `policy.calibration`, else of the artifact directory, else None."""
+    from pathlib import Path
+
+    from router.policy.calibrate import TABLE_FILE, CalibrationTable
+
+    if spec.calibration:
+        return CalibrationTable.load(spec.calibration)
+    if spec.artifact:
+        from router.learn.serving import resolve_artifact
+
+        found = Path(resolve_artifact(spec.artifact)) / TABLE_FILE
+        if found.is_file():
+            return CalibrationTable.load(found)
+    return None
 
 
 def _pool_up(pool, model: str) -> bool:
@@ -287,6 +353,25 @@ def _check_plans(path: str, policy: Policy, plans: list[str]) -> None:
         missing, extra = sorted(set(plans) - set(policy.plans)), sorted(set(policy.plans) - set(plans))
         raise InvalidRoute(f"policy.artifact {path} predicts plans {policy.plans} but policy.candidates are {plans}"
                            f" (candidates without a prediction: {missing}; artifact plans not candidates: {extra})")
+
+
+def warm_hidden_states(config: "Config") -> tuple[str, dict] | None:
+    """(drafter pool, its EngineConfig fields `hidden_state_warm_layers`/`_uncertainty`) for the probe artifact of
+    `config.policy`, so `thinkroute serve` starts the drafter's workers with the probe's layers loaded and run
+    once; None without a hidden-state artifact, or when it cannot be read (the router reports that at start)."""
+    spec = config.policy
+    if spec is None or not spec.artifact:
+        return None
+    try:
+        from probes.features import feature_request
+        from router.learn.serving import resolve_artifact
+
+        request = feature_request(Policy.load(resolve_artifact(spec.artifact)).probe.feature_spec)
+    except Exception:  # noqa: BLE001 - a text-feature or unreadable artifact: nothing to warm
+        return None
+    drafter = config.router.roles.get(spec.drafter_role, config.router.default_model)
+    return drafter, {"hidden_state_warm_layers": list(request["layers"]),
+                     "hidden_state_warm_uncertainty": bool(request["uncertainty"])}
 
 
 def build_planning_policy(config: "Config") -> PlanningPolicy:

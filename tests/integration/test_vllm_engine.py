@@ -1,8 +1,8 @@
 """The `vllm` backend against the transformers reference, on both embedded models.
 
 One vLLM engine per model for the whole file (session-scoped, started together); the
-transformers reference is the engine's own HiddenState model (`VllmEngine.hf_engine()`,
-same safetensors directory), so the file also exercises that path. About 3-4 minutes on
+transformers reference is the `hf` backend's engine on the same safetensors directory; HiddenState
+(the truncated, micro-batched path of workers/hidden.py) is checked against it. About 3-4 minutes on
 the 2-core CI machine.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -77,8 +78,15 @@ async def engines():
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def references(engines):
-    """model -> the transformers model on the same weights (loaded through HiddenState's path)."""
-    return {m: (await e.hf_engine()).model for m, e in engines.items()}
+    """model -> the transformers model on the same weights (the `hf` backend's engine)."""
+    from workers.hf_engine import HfEngine
+
+    refs = {}
+    for m, e in engines.items():
+        hf = HfEngine(e.spec, e.model_dir, e.cfg.model_copy(update={"backend": "hf"}))
+        await hf.start()
+        refs[m] = hf.model
+    return refs
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -212,12 +220,29 @@ async def test_stop_string_is_excluded(engines, references):
     assert final.finish_reason == FinishReason.STOP and final.stop_string == stop
 
 
-async def test_hidden_states_from_the_same_weights(engines):
-    engine = engines["smollm2-135m"]
-    ids = _ids(engine, "chat", "Hello")
-    [res] = await engine.hidden_states([ids], [-1, 0], Pooling.LAST_TOKEN)
-    assert res.states.shape == (2, engine.info.hidden_size) and res.states.dtype.name == "float32"
-    assert res.layers == [engine.info.num_layers, 0] and res.prompt_tokens == len(ids)
+async def test_hidden_states_from_the_same_weights(engines, references):
+    """HiddenState's truncated, micro-batched forward equals the full model's hidden states (every element
+    within 1e-4 x max(1, |value|)); concurrent calls share a forward; only the layers read are loaded."""
+    from workers.hf_engine import hidden_features
+
+    engine, ref = engines["smollm2-135m"], references["smollm2-135m"]
+    n = engine.info.num_layers
+    ids = [_ids(engine, k, t) for k, t in PROMPTS["smollm2-135m"]]
+    calls = [([2, 4, 8], [Pooling.LAST_TOKEN, Pooling.MEAN]), ([3], [Pooling.MEAN]), ([8], [Pooling.LAST_TOKEN])]
+    got = await asyncio.gather(*(engine.hidden_states([x], layers, pools) for x, (layers, pools) in zip(ids, calls)))
+    batcher = engine.hidden_batcher()
+    assert len(batcher.model.base.layers) == 8 and batcher.model.lm_head is None  # 8 of 30 layers, no head
+    assert batcher.forwards < len(calls) or batcher.batches < len(calls)
+    for x, (layers, pools), [res] in zip(ids, calls, got):
+        want, _ = hidden_features(ref, [x], layers, [p.value for p in pools], False, n)
+        assert res.states.shape == want[0].shape and res.states.dtype.name == "float32"
+        assert (abs(res.states - want[0]) <= 1e-4 * np.maximum(1.0, abs(want[0]))).all()
+        assert res.layers == layers and res.prompt_tokens == len(x)
+    # The final layer and uncertainty load the rest (norm and LM head included) and still match.
+    [res] = await engine.hidden_states([ids[0]], [-1, 0], Pooling.LAST_TOKEN, uncertainty=True)
+    want, unc = hidden_features(ref, [ids[0]], [n, 0], ["last_token"], True, n)
+    assert res.layers == [n, 0] and (abs(res.states - want[0]) <= 1e-4 * np.maximum(1.0, abs(want[0]))).all()
+    assert np.allclose(res.uncertainty, unc[0], rtol=1e-4, atol=1e-4)
 
 
 async def test_engine_death_is_reported(engines):

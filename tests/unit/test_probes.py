@@ -163,6 +163,7 @@ def test_planning_policy_serves_the_artifact_spec_in_one_call_and_checks_the_ser
     """The live path asks the drafter pool once per query for exactly the artifact's columns and refuses a
     worker that serves another model (Info's model_id, not the pool name). The pool is a test double."""
     import asyncio
+    import time
 
     from router.config import load_config
     from router.errors import InvalidRoute
@@ -178,7 +179,7 @@ def test_planning_policy_serves_the_artifact_spec_in_one_call_and_checks_the_ser
         def __init__(self, served):
             self.served, self.calls = served, []
 
-        async def served_model_id(self, model):
+        async def served_model_id(self, model, **kw):
             return self.served
 
         async def hidden_features(self, model, prompts, request, *, deadline):
@@ -189,6 +190,7 @@ def test_planning_policy_serves_the_artifact_spec_in_one_call_and_checks_the_ser
     plan = asyncio.run(live.plan(RouteQuery(query="What is 2+2?", dial=1.0), 1.0, None, good))
     assert good.calls == [("smollm2-135m", live.request)] and plan.candidates["ranked"]
     with pytest.raises(InvalidRoute, match="serves 'gemma3-270m'"):
-        asyncio.run(PlanningPolicy(load_config(overrides={"policy.artifact": path})).features(Pool("gemma3-270m"), "q", 0.0))
+        asyncio.run(PlanningPolicy(load_config(overrides={"policy.artifact": path})).features(Pool("gemma3-270m"), "q",
+                                                                                          time.monotonic() + 30))
     with pytest.raises(InvalidRoute, match="not one of|predicts plans"):
         PlanningPolicy(load_config(overrides={"policy.artifact": _artifact(tmp_path / "y", {**SPEC, "model_id": "smollm2-135m"}, "smollm2-135m", plans[:2])}))

@@ -88,7 +88,7 @@ class FakePool:
         text = prompt.text if prompt.text is not None else "".join(m.content for m in prompt.messages or ())
         return [BOS] + [ord(c) for c in text]
 
-    async def info(self, model):
+    async def info(self, model, **kw):
         return ModelInfo(model=model, tokenizer_id=self.tokenizers.get(model, model), context_length=8192,
                          has_chat_template=True, backend="fake", device="cpu")
 
