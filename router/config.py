@@ -96,7 +96,7 @@ class RouterConfig(_Base):
     """Seconds between grpc.health.v1 checks of every worker (null = no probing; failed calls still mark a replica down). An unhealthy or hung worker gets no traffic until it answers SERVING again."""
     health_timeout_s: float = Field(2.0, gt=0, le=60)
     """A health check not answered within this counts as failed (a hung worker)."""
-    unhealthy_after: int = Field(2, ge=1, le=20)
+    unhealthy_after: int = Field(3, ge=1, le=20)
     """Failed health checks in a row that take a worker out of traffic (NOT_SERVING does at once)."""
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     """Worker discovery through the Redis worker registry."""

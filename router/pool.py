@@ -41,7 +41,7 @@ class WorkerPool:
                  max_attempts: int = 3, down_cooldown_s: float = 2.0,
                  client_factory: Callable[[str], WorkerClient] = WorkerClient,
                  stream_stall_timeout_s: float = 15.0, *, health_interval_s: float | None = None,
-                 health_timeout_s: float = 2.0, unhealthy_after: int = 2,
+                 health_timeout_s: float = 2.0, unhealthy_after: int = 3,
                  discovery: Discovery | None = None) -> None:
         """`replicas`: model pool -> static worker addresses (a pool may be empty with `discovery`).
         `health_interval_s` None = no health probing (each failed call still marks its replica down)."""

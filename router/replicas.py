@@ -76,7 +76,7 @@ class Discovery(Protocol):
 class ReplicaSet:
     def __init__(self, addresses: dict[str, list[str]], client_factory: Callable[[str], WorkerClient] = WorkerClient, *,
                  down_cooldown_s: float = 2.0, health_interval_s: float | None = None, health_timeout_s: float = 2.0,
-                 unhealthy_after: int = 2, discovery: Discovery | None = None,
+                 unhealthy_after: int = 3, discovery: Discovery | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not addresses:
             raise ValueError("a worker pool needs at least one model")
