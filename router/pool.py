@@ -238,6 +238,8 @@ class WorkerPool:
             await self.replica_set.probe_all(verdict=False)  # loads only: routing keeps its own view
         else:
             self.replica_set.ensure_running()
+            if any(not r.probed_at for pool in self.replicas.values() for r in pool):
+                await self.replica_set.probe_all()  # first call: do not report "no load" before the first round
         out = []
         for model, replicas in self.replicas.items():
             live = [r for r in self.replica_set.candidates(model) if r.load is not None]

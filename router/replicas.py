@@ -62,6 +62,8 @@ class Replica:
     """The worker's InfoResponse once fetched (replica id, KV namespace, capacity)."""
     load: object | None = None
     """The worker's last LoadResponse (probing), None when it did not answer."""
+    probed_at: float = 0.0
+    """When it was last probed (0 = never)."""
 
 
 class Discovery(Protocol):
@@ -157,6 +159,7 @@ class ReplicaSet:
         """One health check (+ Load when SERVING) of `replica`: True when it answered SERVING. With `verdict`
         its `healthy` flag follows the rule of the module docstring; without, only `load` is updated."""
         explicit = False
+        replica.probed_at = self.clock()
         try:
             status = await asyncio.wait_for(replica.client.health(timeout=self.health_timeout_s),
                                             self.health_timeout_s + 0.5)
