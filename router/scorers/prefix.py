@@ -100,6 +100,13 @@ def warm_run(rows: Sequence[dict], oldest: float) -> dict[str, int]:
     return run
 
 
+async def _close_quietly(client) -> None:
+    try:
+        await client.aclose()
+    except Exception:  # noqa: BLE001 - closing a broken connection
+        pass
+
+
 class AsyncWarmIndex:
     """The prefix index (written by the workers' connectors, workers/kv/index.py), read on redis.asyncio.
 
@@ -151,7 +158,9 @@ class AsyncWarmIndex:
         except Exception:  # noqa: BLE001 - Redis slow/down/auth: no affinity, load-only picking
             self.errors += 1
             self._open_until = self._clock() + self.retry_after_s
-            self._client = None  # a timed-out pipeline leaves the connection unusable
+            old, self._client = self._client, None  # a timed-out pipeline leaves the connection unusable
+            if old is not None:
+                asyncio.ensure_future(_close_quietly(old))
             return None
         return warm_run(rows, self._wall() - self.warm_ttl_s)
 
