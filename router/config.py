@@ -141,6 +141,8 @@ class TenantConfig(_Base):
     """Or: hex SHA-256 of the key (safe to keep in a config file). HTTP `Authorization: Bearer <key>` or gRPC metadata `authorization: Bearer <key>` is this tenant."""
     dial: float | None = Field(None, ge=0, le=1)
     """Default dial of this tenant (same as `dial.tenants.<name>`; runtime changes with `thinkroute dial set --tenant`)."""
+    dial_target: str | None = Field(None, max_length=80)
+    """Or a target instead of a dial, resolved on the policy's dial calibration (`policy.calibration`): `quality >= 0.95` (the cheapest calibrated point reaching 95 % of the best plan's accuracy) or `budget <= $X per 1k requests`. Used when a request sets neither a dial nor a target; not together with `dial`."""
     requests_per_second: float = Field(0.0, ge=0)
     """Token-bucket refill rate of the tenant's requests (0 = unlimited); over the limit: HTTP 429 / gRPC RESOURCE_EXHAUSTED with Retry-After."""
     burst: int = Field(10, ge=1)
@@ -369,6 +371,12 @@ class Config(_Base):
             if tenant.api_key_env is None and tenant.api_key_sha256 is None and name != self.auth.anonymous_tenant:
                 raise ValueError(f"auth.tenants.{name}: set api_key_env or api_key_sha256 (only the anonymous tenant "
                                  f"{self.auth.anonymous_tenant!r} may have no key)")
+            if tenant.dial_target is not None:
+                from router.policy.calibrate import parse_target
+
+                if tenant.dial is not None:
+                    raise ValueError(f"auth.tenants.{name}: set dial or dial_target, not both")
+                parse_target(tenant.dial_target)  # refuse a malformed target at load, naming the forms
             if tenant.dial is not None:
                 if name in self.dial.tenants and self.dial.tenants[name] != tenant.dial:
                     raise ValueError(f"auth.tenants.{name}.dial = {tenant.dial} disagrees with dial.tenants.{name} = "

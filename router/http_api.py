@@ -29,7 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from router import sessions
 from router.config import Config
 from router.admission import Admission, Ticket, http_caller
-from router.errors import InternalError, RateLimited, RoutingError, Unauthenticated, internal_error
+from router.errors import InternalError, InvalidRoute, RateLimited, RoutingError, Unauthenticated, internal_error
+from workers.types import ChatMessage
 from router.strategies import get_strategy, strategy_names
 from router.chat import turn as chat_turn
 from router.chat.output import ChunkWriter, assistant_message, finish_reason
@@ -121,6 +122,11 @@ class ThinkrouteOptions(BaseModel):
     trace: bool = False
     session: str | None = None  # agent session key (router/sessions.py); also the x-session-id header
     task: str = Field("", max_length=128)  # the request's task: feedback on it trains the policy's per-task correction
+    # A target instead of a dial (router/policy/calibrate.py): "quality >= 0.95" / "budget <= $2 per 1k requests",
+    # or the numbers themselves.
+    target: str | None = Field(None, max_length=80)
+    quality_target: float | None = Field(None, gt=0, le=1)
+    budget_per_1k: float | None = Field(None, gt=0)
 
 
 class ChatCompletionRequest(_Lenient):
@@ -271,7 +277,19 @@ def to_route_query(req: ChatCompletionRequest, target: Target, tenant: str, requ
         top_p=req.top_p if req.top_p is not None else 1.0, seed=req.seed, stop=list(req.stop or []),
         dial=ext.dial if ext.dial is not None else target.dial, tenant=tenant,
         max_cost=ext.max_cost, max_latency_ms=ext.max_latency_ms, task=ext.task,
+        quality_target=ext.quality_target, budget_per_1k=ext.budget_per_1k,
     )
+    if ext.target is not None:
+        from router.policy.calibrate import parse_target
+
+        if ext.quality_target is not None or ext.budget_per_1k is not None:
+            raise ApiError(400, "thinkroute.target and thinkroute.quality_target/budget_per_1k are both set: use one",
+                           param="thinkroute.target")
+        try:
+            t = parse_target(ext.target)
+        except InvalidRoute as e:
+            raise ApiError(400, str(e), param="thinkroute.target") from None
+        q.quality_target, q.budget_per_1k = t.quality, t.budget_per_1k
     if request_id:
         q.request_id = request_id
     return q

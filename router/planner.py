@@ -53,6 +53,36 @@ class Planner:
         return {r: self.config.router.roles[r] for r in strategy_cls.roles}
 
     def resolve_dial(self, query: RouteQuery) -> float:
+        return self.dial_and_target(query)[0]
+
+    def dial_and_target(self, query: RouteQuery) -> tuple[float, dict[str, Any] | None]:
+        """The request's dial, and (when it gave a target instead - `quality_target` / `budget_per_1k`, or its
+        tenant's `dial_target` - and no dial) how the target was resolved on the policy's calibration table."""
+        from router.policy.calibrate import DialTarget, parse_target, resolve
+
+        given = [n for n in ("dial", "quality_target", "budget_per_1k") if getattr(query, n) is not None]
+        if len(given) > 1:
+            raise InvalidRoute(f"the request sets {given}: set one of dial, quality_target (e.g. 0.95) and budget_per_1k")
+        target = None
+        if query.quality_target is not None:
+            target = DialTarget(quality=query.quality_target)
+        elif query.budget_per_1k is not None:
+            target = DialTarget(budget_per_1k=query.budget_per_1k)
+        elif query.dial is None:
+            tenant = self.config.auth.tenants.get(query.tenant) if query.tenant else None
+            if tenant is not None and tenant.dial_target:
+                target = parse_target(tenant.dial_target)
+        if target is None:
+            return self._dial(query), None
+        table = getattr(self.policy, "calibration", None)
+        if table is None:
+            raise InvalidRoute(f"target {target} needs a dial calibration and this router has none: run `thinkroute dial "
+                               "calibrate --outcomes F --out DIR` and set policy.calibration: DIR (or send a dial)")
+        point, why = resolve(table, target)
+        return point.dial, {"target": str(target), "dial": point.dial, "expected_accuracy": point.accuracy,
+                            "cost_per_1k": point.cost_per_1k, "why": why}
+
+    def _dial(self, query: RouteQuery) -> float:
         if query.dial is not None:
             if not 0.0 <= query.dial <= 1.0:
                 raise InvalidRoute(f"dial must be in [0, 1] (0 = cheapest acceptable, 1 = best quality); got {query.dial}")
@@ -79,7 +109,8 @@ class Planner:
                     reason=f"session {key}: the plan of its first turn, kept for turn {pin.turns} ({pin.reason})")
 
     async def plan(self, query: RouteQuery, pool=None) -> Plan:
-        dial = self.resolve_dial(query)
+        fixed = bool(query.strategy or query.model)
+        dial, target = (self._dial(query), None) if fixed else self.dial_and_target(query)
         key = self._session(query)
         if query.strategy or query.model:
             name = query.strategy or "direct"
@@ -90,6 +121,9 @@ class Planner:
                 return pinned
             plan = await self.policy.plan(query, dial, self, pool)
             plan.session = key
+            if target is not None:
+                plan.candidates["dial_target"] = target
+                plan.reason += f"; {target['why']}"
             if self.pins is not None and key:
                 self.pins.put(query.tenant, key, sessions.Pin(
                     strategy=plan.strategy.name, models=dict(plan.models), options=plan.strategy.options.model_dump(),

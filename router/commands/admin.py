@@ -19,13 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
             "restart."
         ),
     )
-    p.add_argument("action", choices=["get", "set"], help="get or set")
+    p.add_argument("action", choices=["get", "set", "calibrate"],
+                   help="get or set the runtime dial; calibrate: print and plot, for dial 0..1, the expected accuracy, "
+                        "cost per 1,000 requests and share of each plan on outcome data (router/commands/dial_calibrate.py)")
     p.add_argument("value", nargs="?", type=float, help="new dial in [0, 1] (set)")
     p.add_argument("--tenant", default="", help="tenant (default: the global default)")
     p.add_argument("--router", default="127.0.0.1:9000", help="router gRPC address (default 127.0.0.1:9000)")
     p.add_argument("--app", default="thinkroute", help="Ray Serve application name")
     p.add_argument("--token", default=None, help="admin token (default $THINKROUTE_ADMIN_TOKEN)")
     p.add_argument("--key", default=None, help="API key, when the router has keys (default $THINKROUTE_API_KEY)")
+    from router.commands.dial_calibrate import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run_dial)
 
     c = sub.add_parser("config-reference", help="print the configuration reference (Markdown)",
@@ -55,6 +60,10 @@ def run_config_reference(args: argparse.Namespace) -> int:
 
 
 def run_dial(args: argparse.Namespace) -> int:
+    if args.action == "calibrate":
+        from router.commands.dial_calibrate import run
+
+        return run(args)
     import grpc
 
     from thinkroute.v1 import router_pb2 as rpb
