@@ -97,3 +97,26 @@ def test_kv_connector_redis_is_resolved_on_the_given_redis_without_secrets(tmp_p
     extra = out.kv_connector["kv_connector_extra_config"]
     assert extra["redis_url"] == "redis://kv:6379/0" and extra["replica_id"] == "r1" and extra["model_id"] == "smollm2-135m"
     assert "password" not in json.dumps(out.kv_connector).replace("password_env", "")
+
+
+def test_the_routers_registry_url_falls_back_to_its_redis():
+    from router.config import load_config
+    from router.discovery import discovery_from_config
+
+    assert discovery_from_config(load_config()) is None  # off by default
+    d = discovery_from_config(load_config(overrides={"router.discovery.enabled": True}))
+    assert d.url == "redis://127.0.0.1:6390/0" and d.password_env == "THINKROUTE_REDIS_PASSWORD"
+    d = discovery_from_config(load_config(overrides={"router.discovery.enabled": True, "redis.url": "redis://r:1/0"}))
+    assert d.url == "redis://r:1/0"
+    d = discovery_from_config(load_config(overrides={"router.discovery.enabled": True, "router.discovery.url": "rediss://x:2/0",
+                                                     "router.discovery.poll_interval_s": 0.5}))
+    assert (d.url, d.poll_interval_s) == ("rediss://x:2/0", 0.5)
+
+
+def test_a_pool_with_no_static_worker_is_valid_only_with_discovery():
+    from router.config import load_config
+
+    with pytest.raises(SystemExit, match="discovery"):
+        load_config(overrides={"models.smollm2-135m.replicas": 0})
+    c = load_config(overrides={"models.smollm2-135m.replicas": 0, "router.discovery.enabled": True})
+    assert c.models["smollm2-135m"].replicas == 0
