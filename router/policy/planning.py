@@ -25,6 +25,7 @@ from router.plan_schema import (  # noqa: F401 - CandidatePlan, PlanPrior, LiveP
 from router.policy.costs import token_cost
 from router.policy.dial import DialConfig
 from router.policy.policy import NoFeasiblePlan, Policy, PolicyConfig, Prediction, choose
+from router.policy.reasoning_plans import check_candidate
 from router.strategies import get_strategy
 from router.types import RouteQuery
 from workers.types import PromptInput
@@ -44,6 +45,7 @@ class PlanningPolicy:
             get_strategy(cand.strategy)  # unknown strategy: fail at start, naming it
             if cand.model and cand.model not in config.models:
                 raise InvalidRoute(f"policy.candidates.{name}.model {cand.model!r} is not one of {sorted(config.models)}")
+            check_candidate(config, name, cand)  # knobs (e.g. a reasoning mode's `thinking`) fail at start, not per request
         self.drafter = config.router.roles.get(self.spec.drafter_role, config.router.default_model)
         self.policy: Policy | None = None
         self.request: dict | None = None  # HiddenState arguments of the artifact's feature spec

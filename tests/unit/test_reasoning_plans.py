@@ -22,10 +22,19 @@ PRIORS = {
 }
 
 
+#: Stand-in delimiters on the embedded drafter (it has no thinking config of its own): every mode served.
+THINKING = {"start": "<reasoning>", "end": "</reasoning>", "modes": ["off", "on", "budget", "effort"], "off": "closed_span"}
+
+
+def _config(candidates=CANDIDATES, priors=PRIORS, thinking=THINKING):
+    return load_config(overrides={"policy.candidates": candidates, "policy.priors": priors,
+                                  "models.smollm2-135m.thinking": thinking,
+                                  "policy.prices": {"smollm2-135m": {"in": 1.0, "out": 5.0}, "gemma3-270m": 0.1}})
+
+
 @pytest.fixture(scope="module")
 def planner():
-    cfg = load_config(overrides={"policy.candidates": CANDIDATES, "policy.priors": PRIORS,
-                                 "policy.prices": {"smollm2-135m": {"in": 1.0, "out": 5.0}, "gemma3-270m": 0.1}})
+    cfg = _config()
     return Planner(cfg, DialStore(cfg.dial.default), PlanningPolicy(cfg)), cfg
 
 
@@ -48,9 +57,21 @@ async def test_thinking_tokens_are_priced_at_the_output_price(planner):
     assert costs["smollm2-135m:effort=high"] - costs["smollm2-135m:no_think"] == pytest.approx(5.0 * (2000 - 20) / 1e6)
 
 
-def test_a_bad_thinking_knob_in_a_candidate_fails_at_plan_time_naming_it(planner):
+def test_a_bad_thinking_knob_in_a_candidate_fails_at_start_naming_it():
     from router.errors import InvalidRoute
-    from router.strategies import get_strategy
 
-    with pytest.raises((InvalidRoute, ValueError), match="thinking"):
-        get_strategy("direct").parse_options(None, {"thinking": "budget=0"})
+    bad = {**CANDIDATES, "smollm2-135m:budget=512": {**CANDIDATES["smollm2-135m:budget=512"], "options": {"thinking": "budget=0"}}}
+    with pytest.raises(InvalidRoute, match=r"policy.candidates.smollm2-135m:budget=512.options.*thinking"):
+        PlanningPolicy(_config(candidates=bad))
+
+
+def test_a_mode_the_model_cannot_serve_fails_at_start_naming_the_modes():
+    from router.errors import InvalidRoute
+
+    no_off = {**THINKING, "modes": ["on", "budget", "effort"], "off": None}
+    with pytest.raises(InvalidRoute, match=r"smollm2-135m:no_think.*cannot serve thinking='off'.*budget=<N>"):
+        PlanningPolicy(_config(thinking=no_off))
+    # workers started elsewhere decide for themselves: no check at start
+    cfg = _config(thinking=no_off)
+    cfg.models["smollm2-135m"].addresses = ["127.0.0.1:1"]
+    PlanningPolicy(cfg)
