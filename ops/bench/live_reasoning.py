@@ -65,6 +65,49 @@ def training_file(config, train_split: Path, out: Path) -> Path:
     return path
 
 
+#: Request max_tokens: above every recorded output of the nine plans (5,330 tokens), so no recorded count is cut.
+MAX_TOKENS = 8192
+
+
+def send_all(address: str, rows: list[dict], dial: float | None, model: str | None, tag: str, concurrency: int) -> list[dict]:
+    """Every row's question through the router's gRPC Generate (at `dial`, or with `model` fixed): the plan's
+    model and the trace's usage per model. Three tries per request; errors are counted, not raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from tqdm import tqdm
+
+    from thinkroute.v1 import router_pb2 as rpb
+    from thinkroute.v1 import router_pb2_grpc as rpb_grpc
+
+    channel = grpc.insecure_channel(address)
+    stub = rpb_grpc.RouterStub(channel)
+
+    def one(i_row):
+        i, row = i_row
+        req = rpb.RouteRequest(request_id=f"{tag}-{i}", query=row["question"], max_tokens=MAX_TOKENS)
+        if dial is not None:
+            req.dial = dial
+        if model:
+            req.model = model
+        for attempt in range(3):
+            try:
+                resp = stub.Generate(req, metadata=[("application", "thinkroute")], timeout=120)
+                break
+            except grpc.RpcError as e:
+                if attempt == 2:
+                    return {"i": i, "error": f"{e.code().name}: {e.details()}"}
+                time.sleep(1)
+        usage = {u.model: (u.prompt_tokens, u.generated_tokens) for u in resp.trace.usage}
+        return {"i": i, "plan": resp.trace.plan.models.get("model", ""), "usage": usage, "text": resp.text}
+
+    try:
+        with ThreadPoolExecutor(concurrency) as ex:
+            return list(tqdm(ex.map(one, enumerate(rows)), total=len(rows), desc=tag, leave=False))
+    finally:
+        channel.close()
+
+
 def score(results: list[dict], rows: list[dict], plan_of_model: dict[str, str], prices) -> dict:
     """Mean cost and accuracy of one pass; which plans answered; reasoning tokens reported."""
     costs, correct, errors, plans, gen = [], [], 0, {}, []
@@ -137,12 +180,12 @@ def main() -> int:
     try:
         print(f"serving: {reload_grpc(address, str(art.resolve()), TOKEN, timeout=300)}", file=sys.stderr)
         for d in sorted({p["dial"] for p in ops}):
-            s = score(LR.send_all(address, held, d, None, f"probe-d{d:.4f}", args.concurrency), held, plan_of_model, prices)
+            s = score(send_all(address, held, d, None, f"probe-d{d:.4f}", args.concurrency), held, plan_of_model, prices)
             s["dial"] = d
             res["points"].append(s)
             print(f"  dial {d:.4f}: acc {s['acc']:.3f} cost ${s['cost']:.6f} plans {s['plans']} errors {s['errors']}", file=sys.stderr)
         for plan, cand in config.policy.candidates.items():
-            s = score(LR.send_all(address, held, None, cand.model, f"single-{cand.model}", args.concurrency), held, plan_of_model, prices)
+            s = score(send_all(address, held, None, cand.model, f"single-{cand.model}", args.concurrency), held, plan_of_model, prices)
             res["singles"][plan] = s
             print(f"  single {plan}: acc {s['acc']:.3f} cost ${s['cost']:.6f} errors {s['errors']}", file=sys.stderr)
     finally:
