@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "router.commands.admin",
     "router.commands.train",
     "router.commands.policy",
+    "router.commands.feedback",
 ]
 
 

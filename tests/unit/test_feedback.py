@@ -153,3 +153,46 @@ def test_http_feedback_route_answers_openai_shapes():
         r = client.post("/v1/feedback", json=body)
         assert r.status_code == 400 and "error" in r.json(), (body, r.text)
     assert client.post("/v1/feedback", content=b"{nope").status_code == 400
+
+
+async def test_grpc_feedback_maps_unknown_ids_to_not_found_and_records_known_ones():
+    import grpc
+    from thinkroute.v1 import router_pb2 as rpb
+
+    from router.serve_app import RouterIngress
+
+    class Ctx:
+        code = details = None
+
+        def invocation_metadata(self):
+            return ()
+
+        def peer(self):
+            return "ipv4:127.0.0.1:5"
+
+        def auth_context(self):
+            return {}
+
+        def set_code(self, c):
+            self.code = c
+
+        def set_details(self, d):
+            self.details = d
+
+        def set_trailing_metadata(self, md):
+            pass
+
+    core = make_core()
+    ingress = type("Ingress", (), {"core": core})()
+    ctx = Ctx()
+    with pytest.raises(NotFound):
+        await RouterIngress.Feedback(ingress, rpb.FeedbackRequest(request_id="nope", correct=True), ctx)
+    assert ctx.code == grpc.StatusCode.NOT_FOUND and "nope" in ctx.details
+    ctx = Ctx()
+    with pytest.raises(InvalidRoute):
+        await RouterIngress.Feedback(ingress, rpb.FeedbackRequest(request_id="x"), ctx)  # no verdict
+    assert ctx.code == grpc.StatusCode.INVALID_ARGUMENT
+    tenant = core.admission.authenticate(__import__("router.admission", fromlist=["grpc_caller"]).grpc_caller(Ctx()))
+    r = await core.route(RouteQuery(query="2+2?", dial=0.0, task="t", tenant=tenant))  # as admission would set it
+    out = await RouterIngress.Feedback(ingress, rpb.FeedbackRequest(request_id=r.request_id, score=0.0), Ctx())
+    assert out.plan == r.trace["plan"]["plan"] and out.task == "t" and out.outcomes == 1
