@@ -141,9 +141,9 @@ def send_all(address: str, rows: list[dict], dial: float | None, model: str | No
                 time.sleep(1)
         used = resp.trace.plan.models.get("model", "")
         usage = {u.model: (u.prompt_tokens, u.generated_tokens) for u in resp.trace.usage}
-        src = ""
-        if resp.trace.plan.candidates:
-            src = dict(resp.trace.plan.candidates).get("predictions", {}).get("source", "")
+        from google.protobuf.json_format import MessageToDict
+
+        src = MessageToDict(resp.trace.plan.candidates).get("predictions", {}).get("source", "")
         return {"i": i, "plan": used, "usage": usage, "text": resp.text, "source": src}
 
     try:
