@@ -64,6 +64,8 @@ class Replica:
     """The worker's last LoadResponse (probing), None when it did not answer."""
     probed_at: float = 0.0
     """When it was last probed (0 = never)."""
+    registered_as: str = ""
+    """The replica id of its registry entry (registry replicas): a new one means a new worker process."""
 
 
 class Discovery(Protocol):
@@ -221,11 +223,15 @@ class ReplicaSet:
             pool = self.replicas[model]
             for r in [r for r in pool if r.source == "registry" and r.address not in regs_by_address]:
                 self.remove(r, "registration expired or withdrawn")
+            for r in pool:  # a worker restarted on the same address: forget the old process's Info
+                reg = regs_by_address.get(r.address)
+                if r.source == "registry" and reg is not None and reg.replica_id != r.registered_as:
+                    r.info, r.replica_id, r.registered_as = None, reg.replica_id, reg.replica_id
             present = {r.address for r in pool}
             fresh = [reg for a, reg in regs_by_address.items() if a not in present]
             for reg in fresh:
                 r = Replica(reg.address, model, self.client_factory(reg.address), replica_id=reg.replica_id,
-                            source="registry")
+                            source="registry", registered_as=reg.replica_id)
                 if self.health_interval_s is not None and not await self.probe(r):
                     r.healthy = False  # joins, but gets traffic only after a SERVING answer
                 pool.append(r)

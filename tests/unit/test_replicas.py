@@ -248,3 +248,17 @@ async def test_pool_stats_count_only_healthy_replicas_and_use_the_fixed_formula(
     pool.replica_set.ensure_running = lambda: None  # stats read the last probe round
     [s] = await pool.stats(target_utilisation=0.7)
     assert (s["replicas"], s["healthy_replicas"], s["running"], s["desired_replicas"]) == (4, 2, 32, 2)
+
+
+async def test_a_worker_restarted_on_the_same_address_is_described_again():
+    d = FakeDiscovery()
+    rs, clients = fake_set({"m": []}, discovery=d, health_interval_s=1.0)
+    d.regs = [reg("m", "w1:1")]
+    await rs.refresh()
+    r = rs.pool("m")[0]
+    assert r.info is not None
+    await rs.refresh()
+    assert r.info is not None  # same process: Info kept
+    d.regs = [Registration(pool="m", model_id="m", address="w1:1", replica_id="new-process")]
+    await rs.refresh()
+    assert r.info is None and r.replica_id == "new-process"
