@@ -76,7 +76,7 @@ def test_haproxy_fronts_both_ports_and_sends_requests_to_the_replica(cluster):
         servers = [line.split() for line in section if line.strip().startswith("server ")]
         primary = [s for s in servers if "backup" not in s]
         assert primary and all(s[1].startswith("SERVE_REPLICA_thinkroute-router") for s in primary), servers
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert any("haproxy" in line and str(state) in line for line in ps.splitlines())
 
 
