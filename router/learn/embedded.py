@@ -56,8 +56,10 @@ def grade(text: str, gold: str) -> bool:
     return bool(nums) and nums[0].replace(",", "") == gold
 
 
-def collect(rows: list[dict], address: str, config, concurrency: int = 4) -> list[dict]:
-    """Every row once per candidate plan, through the router; per plan is_correct, answer, tokens."""
+def collect(rows: list[dict], address: str, config, out: Path, concurrency: int = 6, budget_s: float = 600.0) -> list[dict]:
+    """Every row once per candidate plan, through the router (per plan is_correct, answer, tokens per model),
+    appended to `out` as each row completes. Resumable: rows already in `out` are skipped. Stops starting
+    rows after `budget_s` seconds; returns every row in `out`."""
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
@@ -67,25 +69,31 @@ def collect(rows: list[dict], address: str, config, concurrency: int = 4) -> lis
     from thinkroute.v1 import router_pb2_grpc as rpb_grpc
 
     stub = rpb_grpc.RouterStub(grpc.insecure_channel(address))
-    jobs = [(i, plan) for i in range(len(rows)) for plan in config.policy.candidates]
+    done = {json.loads(x)["id"] for x in out.read_text().splitlines() if x.strip()} if out.exists() else set()
+    deadline = time.monotonic() + budget_s
 
-    def one(job):
-        i, plan = job
-        cand = config.policy.candidates[plan]
-        req = rpb.RouteRequest(request_id=f"emb-{i}-{plan}", query=rows[i]["question"], max_tokens=12, temperature=0.0,
-                               strategy=cand.strategy, model=cand.model or "")
-        t = time.monotonic()
-        resp = stub.Generate(req, metadata=[("application", "thinkroute")], timeout=300)
-        tokens = {u.model: u.generated_tokens for u in resp.trace.usage}
-        prompt = max((u.prompt_tokens for u in resp.trace.usage), default=0)
-        return i, plan, {"is_correct": grade(resp.text, rows[i]["answer"]), "answer": resp.text, "tokens": tokens,
-                         "prompt_tokens": prompt, "latency_ms": (time.monotonic() - t) * 1e3}
+    def one(row: dict) -> dict | None:
+        if time.monotonic() > deadline:
+            return None
+        rec = {k: row[k] for k in ("question", "answer", "task", "id")}
+        for plan, cand in config.policy.candidates.items():
+            req = rpb.RouteRequest(request_id=f"emb-{row['id']}-{plan}", query=row["question"], max_tokens=12,
+                                   temperature=0.0, strategy=cand.strategy, model=cand.model or "")
+            t = time.monotonic()
+            resp = stub.Generate(req, metadata=[("application", "thinkroute")], timeout=300)
+            rec[plan] = {"is_correct": grade(resp.text, row["answer"]), "answer": resp.text,
+                         "tokens": {u.model: u.generated_tokens for u in resp.trace.usage},
+                         "prompt_tokens": max((u.prompt_tokens for u in resp.trace.usage), default=0),
+                         "latency_ms": (time.monotonic() - t) * 1e3}
+        return rec
 
-    out = [{k: r[k] for k in ("question", "answer", "task", "id")} for r in rows]
-    with ThreadPoolExecutor(concurrency) as ex:
-        for i, plan, rec in tqdm(ex.map(one, jobs), total=len(jobs), desc="collect"):
-            out[i][plan] = rec
-    return out
+    todo = [r for r in rows if r["id"] not in done]
+    with ThreadPoolExecutor(concurrency) as ex, out.open("a") as f:
+        for rec in tqdm(ex.map(one, todo), total=len(todo), desc="collect"):
+            if rec is not None:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+    return [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
 
 
 def main() -> int:
@@ -96,6 +104,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--outcomes", help="skip collection: train on this outcome file")
     ap.add_argument("--collect-only", action="store_true", help="stop after writing the outcome file")
+    ap.add_argument("--budget-s", type=float, default=600.0, help="stop starting questions after this many seconds "
+                    "of collection (a re-run resumes; default 600)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -131,7 +141,7 @@ def main() -> int:
                 if proc.poll() is not None or time.monotonic() - t0 > 900:
                     raise SystemExit(f"the embedded stack did not start (see {work / 'serve.log'})")
                 time.sleep(2)
-            got = collect(rows, ready.read_text().strip(), config)
+            got = collect(rows, ready.read_text().strip(), config, outcomes, budget_s=args.budget_s)
         finally:
             import signal
 
@@ -141,7 +151,6 @@ def main() -> int:
                     proc.wait(120)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
-        outcomes.write_text("".join(json.dumps(r) + "\n" for r in got))
         for plan in config.policy.candidates:
             acc = sum(r[plan]["is_correct"] for r in got) / len(got)
             print(f"{plan:12s} accuracy {100 * acc:.1f}% on {len(got)} questions", file=sys.stderr)
