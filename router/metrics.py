@@ -45,12 +45,10 @@ def plan_key(plan_name: str, strategy: str, models: Mapping[str, str]) -> str:
 def request_cost(usage: list[dict[str, Any]], prices: Mapping[str, Any]) -> float:
     """USD of one answered request: per model, prompt x in-price + generated x out-price (per million tokens).
     A price is one number (both) or {in, out}."""
-    total = 0.0
-    for u in usage:
-        p = prices.get(u.get("model", ""), 0.0)
-        p_in, p_out = (p.get("in", 0.0), p.get("out", 0.0)) if isinstance(p, Mapping) else (p, p)
-        total += (u.get("prompt_tokens", 0) * float(p_in) + u.get("generated_tokens", 0) * float(p_out)) / 1e6
-    return total
+    from router.policy.costs import token_cost  # the one cost function: numbers, {in, out} dicts, ModelPrice
+
+    return sum(token_cost(prices.get(u.get("model", "")), u.get("prompt_tokens", 0), u.get("generated_tokens", 0))
+               for u in usage)
 
 
 class _MixCollector:
