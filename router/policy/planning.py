@@ -291,7 +291,9 @@ def _load_calibration(spec: LivePolicyConfig):
     from router.policy.calibrate import TABLE_FILE, CalibrationTable
 
     if spec.calibration:
-        return CalibrationTable.load(spec.calibration)
+        from router.learn.serving import resolve_artifact
+
+        return CalibrationTable.load(resolve_artifact(spec.calibration))  # relative: the cwd, else the repository
     if spec.artifact:
         from router.learn.serving import resolve_artifact
 
