@@ -264,6 +264,7 @@ class LocalCluster:
             choice = choose_ingress(self.config)  # Ray's processes read it from the environment they inherit
             os.environ.update(choice.env)
             self.ingress = choice.mode
+            self._ingress_dir = choice.env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")  # removed by stop()
             if choice.note:
                 say(choice.note)
             say(f"starting Ray and Ray Serve ({'HAProxy' if choice.mode == 'haproxy' else 'Python proxy'} ingress)")
@@ -298,6 +299,10 @@ class LocalCluster:
                 say("stopping Ray Serve and Ray")
                 serve.shutdown()
                 ray.shutdown()
+            if getattr(self, "_ingress_dir", None):
+                import shutil
+
+                shutil.rmtree(self._ingress_dir, ignore_errors=True)  # HAProxy's config, socket, state
         finally:
             for w in self.workers:
                 say(f"stopping worker {w.model}#{w.index} (draining)")
