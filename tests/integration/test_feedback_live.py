@@ -5,7 +5,7 @@ router core with its OpenAI HTTP app (in process; the Ray Serve wrapper is cover
 Negative feedback on the plan the policy chooses for task T (over POST /v1/feedback) makes the policy stop choosing
 it for T after a stated number of feedbacks (3 with the default prior_var: P 0.9 -> 0.33 < the
 6b plan's 0.4; the test allows at most 8), other tasks keep it, and a restarted router (a new
-core, same Redis) routes T as it had learned. About 20-30 s on 2 cores (two replay workers start)."""
+core, same Redis) routes T as it had learned. 22 s on 2 cores (two replay workers start)."""
 from __future__ import annotations
 
 import json
