@@ -14,8 +14,10 @@ round trip at most per call):
     At most (prompt_len - 1) // block_size blocks: vLLM must compute >= 1 prompt token.
   * `update_state_after_alloc`: remember which paged blocks receive the loaded blocks.
   * `build_connector_meta`: emit loads, and saves of the full prompt blocks this step
-    completes that Redis does not have yet; record the request's blocks as warm on this
-    replica in the prefix index (index.py), off-thread.
+    completes that Redis does not have yet - in the request's first step and, with chunked
+    prefill, in each later prefill chunk (the request's block ids are tracked across steps until
+    its last full prompt block is saved); record the request's blocks as warm on this replica in
+    the prefix index (index.py), off-thread.
   * `request_finished`: return `{"remote_cached_prompt_tokens": n}` as the request's
     kv_transfer_params (vLLM puts them on the final RequestOutput).
 
@@ -101,6 +103,11 @@ class _Lookup:
     remote_blocks: int
     block_ids: list[int] | None = None
     load_blocks: int = 0
+    #: First prompt block not yet saved (or found local/remote); len(hashes) = nothing left to save.
+    next_save: int = 0
+    #: The request's paged block ids so far (first step's, plus each later step's new ones) while
+    #: prompt blocks remain to be saved.
+    all_block_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -258,20 +265,37 @@ class RedisKVConnector(KVConnectorBase_V1):
             if self.settings.save and full > first_new:
                 meta.saves.append(BlockTransfer(new.req_id, block_ids[first_new:full], look.hashes[first_new:full]))
             warm.extend(look.hashes[:full])
+            look.next_save = max(full, first_new)
+            look.all_block_ids = block_ids if look.next_save < len(look.hashes) else []
             look.load_blocks = 0
             look.block_ids = None
-        # A request resumed after preemption recomputes from scratch and may load again.
         cached = scheduler_output.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):
             look = self._lookups.get(req_id)
-            if look is None or not look.load_blocks or req_id not in cached.resumed_req_ids:
+            if look is None:
                 continue
             new_ids = cached.new_block_ids[i]
-            if new_ids is None:
-                continue
-            lo, n = look.local_blocks, look.load_blocks
-            meta.loads.append(BlockTransfer(req_id, list(new_ids[0])[lo:lo + n], look.hashes[lo:lo + n]))
-            look.load_blocks = 0
+            resumed = req_id in cached.resumed_req_ids
+            # A request resumed after preemption recomputes from scratch and may load again.
+            if look.load_blocks and resumed and new_ids is not None:
+                lo, n = look.local_blocks, look.load_blocks
+                meta.loads.append(BlockTransfer(req_id, list(new_ids[0])[lo:lo + n], look.hashes[lo:lo + n]))
+                look.load_blocks = 0
+            if look.next_save >= len(look.hashes):
+                continue  # every full prompt block is saved already (or was found)
+            # Chunked prefill: a later chunk completes more prompt blocks; save those Redis lacks.
+            if new_ids is not None:
+                look.all_block_ids = list(new_ids[0]) if resumed else look.all_block_ids + list(new_ids[0])
+            done = cached.num_computed_tokens[i] + scheduler_output.num_scheduled_tokens.get(req_id, 0)
+            full = min(len(look.hashes), done // self.block_size, len(look.all_block_ids))
+            if full > look.next_save:
+                if self.settings.save:
+                    meta.saves.append(BlockTransfer(req_id, look.all_block_ids[look.next_save:full],
+                                                    look.hashes[look.next_save:full]))
+                warm.extend(look.hashes[look.next_save:full])
+                look.next_save = full
+            if look.next_save >= len(look.hashes):
+                look.all_block_ids = []
         if warm and self.settings.replica_id:
             rid = self.settings.replica_id
             self.writer.submit(lambda: self.index.record(rid, warm), nbytes=len(warm) * 64)
