@@ -141,9 +141,8 @@ def send_all(address: str, rows: list[dict], dial: float | None, model: str | No
                 time.sleep(1)
         used = resp.trace.plan.models.get("model", "")
         usage = {u.model: (u.prompt_tokens, u.generated_tokens) for u in resp.trace.usage}
-        from google.protobuf.json_format import MessageToDict
-
-        src = MessageToDict(resp.trace.plan.candidates).get("predictions", {}).get("source", "")
+        cands = resp.trace.plan.candidates  # a Struct (may hold Infinity: lambda at dial 0), read field by field
+        src = cands["predictions"]["source"] if "predictions" in cands.fields else ""
         return {"i": i, "plan": used, "usage": usage, "text": resp.text, "source": src}
 
     try:
