@@ -8,7 +8,7 @@ bash ops/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_DEDUP_LOGS=0
-# With no arguments: the whole suite but the tests marked `slow` (fault matrix, sessions, argv secrets, live fuzz; ~13 min);
+# With no arguments: the whole suite but the tests marked `slow` (README.md lists them; ~35 min together);
 # `ops/test.sh tests` runs everything, `ops/test.sh -m slow tests` only those.
 if [ "$#" -eq 0 ]; then set -- -m "not slow" tests; fi
 echo "==> [test $(date +%H:%M:%S)] pytest $*" >&2

@@ -1,7 +1,8 @@
 """End to end: the embedded default config started by `LocalCluster` (what `thinkroute serve` runs: local
 Redis, policy on, load + prefix + session scorers) behind Ray Serve's HAProxy ingress
 (`serve.ingress: haproxy`), over the session's real vLLM workers. gRPC unary and server streaming, HTTP (plain and
-SSE), clear errors, and no Python proxy on the request path. About 40 s after the workers are up.
+SSE), clear errors, and no Python proxy on the request path. About 40 s after the workers are up, 4-5 min with
+worker start on 2 cores: marked slow (`ops/test.sh tests` runs it).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from thinkroute.v1 import router_pb2_grpc as rpb_grpc
 
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # run by `ops/test.sh tests`; see the module docstring for its duration
 
 MD = [("application", "thinkroute")]
 

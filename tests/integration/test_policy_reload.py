@@ -4,7 +4,7 @@
   within 2e-3 (absolute and relative), and a worker serving another model is refused, naming both models;
 - a running router swaps its policy artifact under concurrent load: every request is answered exactly once,
   none fails, requests planned after the swap use the new artifact, a bad artifact is refused and the
-  current one keeps serving. ~60-90 s on 2 cores (marked slow)."""
+  current one keeps serving. The module takes ~8 min on 2 cores with worker start-up: marked slow."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +22,7 @@ from thinkroute.v1 import router_pb2_grpc as rpb_grpc
 from tests.conftest import free_port
 from tests.unit.test_train import count, write_outcomes
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # run by `ops/test.sh tests`; see the module docstring for its duration
 ADMIN_TOKEN = "test-admin-token-not-a-secret"
 MD = [("application", "thinkroute")]
 TEXTS = ["Natalia sold clips to 48 of her friends in April. How many clips did she sell?",
