@@ -235,7 +235,16 @@ def hidden_features(model, batch: list[list[int]], resolved: list[int], poolings
       after the last prompt token (the LM head on the final normed state), and log(prompt tokens).
 
     `model` may have fewer decoder layers than `num_layers` (an early-exit copy) when neither the final
-    layer nor uncertainty is asked for; hidden_states[r] for r < its layer count is unchanged by the cut."""
+    layer nor uncertainty is asked for; hidden_states[r] for r < its layer count is unchanged by the cut.
+    Runs without autograd whatever the caller's mode."""
+    import torch
+
+    with torch.no_grad():
+        return _hidden_features(model, batch, resolved, poolings, uncertainty, num_layers, device, pad_id)
+
+
+def _hidden_features(model, batch: list[list[int]], resolved: list[int], poolings: Sequence[str], uncertainty: bool,
+                     num_layers: int, device: str, pad_id: int) -> tuple[np.ndarray, np.ndarray | None]:
     import torch
 
     if (uncertainty or num_layers in resolved) and len(model.model.layers) != num_layers:
