@@ -70,42 +70,10 @@ MAX_TOKENS = 8192
 
 
 def send_all(address: str, rows: list[dict], dial: float | None, model: str | None, tag: str, concurrency: int) -> list[dict]:
-    """Every row's question through the router's gRPC Generate (at `dial`, or with `model` fixed): the plan's
-    model and the trace's usage per model. Three tries per request; errors are counted, not raised."""
-    from concurrent.futures import ThreadPoolExecutor
+    """live_routing.send_all with a max_tokens above every recorded output (no recorded count is cut)."""
+    import live_routing as LR
 
-    import grpc
-    from tqdm import tqdm
-
-    from thinkroute.v1 import router_pb2 as rpb
-    from thinkroute.v1 import router_pb2_grpc as rpb_grpc
-
-    channel = grpc.insecure_channel(address)
-    stub = rpb_grpc.RouterStub(channel)
-
-    def one(i_row):
-        i, row = i_row
-        req = rpb.RouteRequest(request_id=f"{tag}-{i}", query=row["question"], max_tokens=MAX_TOKENS)
-        if dial is not None:
-            req.dial = dial
-        if model:
-            req.model = model
-        for attempt in range(3):
-            try:
-                resp = stub.Generate(req, metadata=[("application", "thinkroute")], timeout=120)
-                break
-            except grpc.RpcError as e:
-                if attempt == 2:
-                    return {"i": i, "error": f"{e.code().name}: {e.details()}"}
-                time.sleep(1)
-        usage = {u.model: (u.prompt_tokens, u.generated_tokens) for u in resp.trace.usage}
-        return {"i": i, "plan": resp.trace.plan.models.get("model", ""), "usage": usage, "text": resp.text}
-
-    try:
-        with ThreadPoolExecutor(concurrency) as ex:
-            return list(tqdm(ex.map(one, enumerate(rows)), total=len(rows), desc=tag, leave=False))
-    finally:
-        channel.close()
+    return LR.send_all(address, rows, dial, model, tag, concurrency, max_tokens=MAX_TOKENS)
 
 
 def score(results: list[dict], rows: list[dict], plan_of_model: dict[str, str], prices) -> dict:

@@ -114,7 +114,11 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def send_all(address: str, rows: list[dict], dial: float | None, model: str | None, tag: str, concurrency: int) -> list[dict]:
+def send_all(address: str, rows: list[dict], dial: float | None, model: str | None, tag: str, concurrency: int,
+             max_tokens: int = 512) -> list[dict]:
+    """Every row's question through the router's gRPC Generate (at `dial`, or with `model` fixed): the model
+    that answered, the trace's usage per model, the text and the prediction source. Three tries per request;
+    errors are counted, not raised."""
     import grpc
     from tqdm import tqdm
 
@@ -126,7 +130,7 @@ def send_all(address: str, rows: list[dict], dial: float | None, model: str | No
 
     def one(i_row):
         i, row = i_row
-        req = rpb.RouteRequest(request_id=f"{tag}-{i}", query=row["question"], max_tokens=512)
+        req = rpb.RouteRequest(request_id=f"{tag}-{i}", query=row["question"], max_tokens=max_tokens)
         if dial is not None:
             req.dial = dial
         if model:
