@@ -258,8 +258,16 @@ def _hidden_features(model, batch: list[list[int]], resolved: list[int], pooling
     inp, mask = inp.to(device), mask.to(device)
     # The decoder only: the LM head runs on the last token alone (a vocab projection per position saved).
     hs = model.model(input_ids=inp, attention_mask=mask, output_hidden_states=True).hidden_states
+    return pool_features(hs, mask, resolved, poolings, model.lm_head if uncertainty else None)
+
+
+def pool_features(hs, mask, resolved: list[int], poolings: Sequence[str], lm_head=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pool a prefill's `hidden_states` (per layer [B, T, H]) under its attention `mask` into the feature
+    layout of `hidden_features`; with `lm_head`, also the uncertainty columns from the final layer."""
+    import torch
+
     last = mask.sum(1) - 1
-    rows = torch.arange(len(batch), device=inp.device)
+    rows = torch.arange(mask.shape[0], device=mask.device)
     parts = []
     m = mask.unsqueeze(-1).float()
     for layer in resolved:
@@ -268,8 +276,8 @@ def _hidden_features(model, batch: list[list[int]], resolved: list[int], pooling
             parts.append(h[rows, last] if p in ("last", Pooling.LAST_TOKEN.value) else (h * m).sum(1) / m.sum(1))
     states = torch.stack(parts, 1).cpu().numpy().astype(np.float32)
     unc = None
-    if uncertainty:
-        logp = torch.log_softmax(model.lm_head(hs[-1][rows, last]).float(), -1)
+    if lm_head is not None:
+        logp = torch.log_softmax(lm_head(hs[-1][rows, last]).float(), -1)
         ent = -(logp.exp() * logp).sum(-1)
         top1 = logp.max(-1).values.exp()
         ntok = torch.log(mask.sum(1).float())

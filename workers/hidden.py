@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from workers.hf_engine import pool_features
 from workers.types import HiddenStateResult, Pooling
 
 log = logging.getLogger(__name__)
@@ -157,22 +158,7 @@ class TruncatedModel:
                     hs = self.base(input_ids=inp, attention_mask=mask, output_hidden_states=True).hidden_states
                 finally:
                     self.base.layers, self.base.norm = layers, norm
-            last = mask.sum(1) - 1
-            rows = torch.arange(len(batch), device=inp.device)
-            m = mask.unsqueeze(-1).float()
-            parts = []
-            for layer in resolved:
-                h = hs[layer].float()
-                for p in poolings:
-                    parts.append(h[rows, last] if p in ("last", Pooling.LAST_TOKEN.value) else (h * m).sum(1) / m.sum(1))
-            states = torch.stack(parts, 1).cpu().numpy().astype(np.float32)
-            unc = None
-            if uncertainty:
-                logp = torch.log_softmax(self.lm_head(hs[-1][rows, last]).float(), -1)
-                ent = -(logp.exp() * logp).sum(-1)
-                top1 = logp.max(-1).values.exp()
-                ntok = torch.log(mask.sum(1).float())
-                unc = torch.stack([ent, top1, ntok], 1).cpu().numpy().astype(np.float32)
+            states, unc = pool_features(hs, mask, resolved, poolings, self.lm_head if uncertainty else None)
         return states, unc
 
 
