@@ -2,7 +2,9 @@
 
 Each request fixes its plan (strategy, model, options of a `policy.candidates` entry), carries the query's
 task, and has a deadline (gRPC timeout). At most `concurrency` requests are in flight. A failed request
-(deadline, NOT_FOUND, unavailable ...) is counted and its query left for the next run.
+(deadline, NOT_FOUND, unavailable ...) is counted and its query left for the next run. With `stop_after_s`,
+requests not started within that many seconds are not sent (counted in `not_started`); their queries too are
+left for the next run, so a long collection can be spread over several runs of the same command.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class CollectStats:
     failed: int = 0
     skipped_queries: int = 0
     written_queries: int = 0
+    #: Requests not sent because `stop_after_s` had passed (their queries are left for the next run).
+    not_started: int = 0
     #: First few failures: (plan, gRPC code, message).
     errors: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -65,8 +69,9 @@ def outcome_of(resp, query: LabelledQuery, prices: dict[str, Any], client_ms: fl
 async def collect(queries: list[LabelledQuery], plans: dict[str, Any], prices: dict[str, Any], out: OutcomeFile,
                   address: str, metadata: list[tuple[str, str]], *, concurrency: int = 8, timeout_s: float = 120.0,
                   max_tokens: int = 512, on_done: Callable[[int], None] | None = None,
-                  on_total: Callable[[int], None] | None = None) -> CollectStats:
-    """Run the missing (query, plan) pairs; write each query's row once all its plans are answered."""
+                  on_total: Callable[[int], None] | None = None, stop_after_s: float | None = None) -> CollectStats:
+    """Run the missing (query, plan) pairs; write each query's row once all its plans are answered. Requests are
+    started in query order; none is started once `stop_after_s` seconds have passed (None: no limit)."""
     from thinkroute.v1 import router_pb2_grpc as rpb_grpc
 
     stats = CollectStats()
@@ -83,6 +88,7 @@ async def collect(queries: list[LabelledQuery], plans: dict[str, Any], prices: d
     results: dict[int, dict[str, dict]] = {i: {} for i in todo}
     failed: set[int] = set()
     sem = asyncio.Semaphore(concurrency)
+    stop_at = None if stop_after_s is None else time.monotonic() + stop_after_s
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
         stub = rpb_grpc.RouterStub(channel)
 
@@ -90,6 +96,12 @@ async def collect(queries: list[LabelledQuery], plans: dict[str, Any], prices: d
             q = queries[i]
             async with sem:
                 t0 = time.monotonic()
+                if stop_at is not None and t0 > stop_at:
+                    stats.not_started += 1
+                    failed.add(i)
+                    if on_done:
+                        on_done(1)
+                    return
                 stats.requests += 1
                 try:
                     resp = await stub.Generate(route_request(q, plans[plan], max_tokens, ""), metadata=metadata,

@@ -3,11 +3,13 @@
     python -m router.learn.embedded --out router/artifacts/embedded
 
 1. a graded arithmetic set (`arith_set`: seeded; +, -, x on 1- to 3-digit numbers, 4-shot prompts, the
-   gold answer an integer), written as JSON lines;
-2. `thinkroute serve` (the embedded default: SmolLM2-135M drafter and Gemma 3 270M reasoner on vLLM), then
-   every question once per policy candidate with that plan fixed (greedy, 12 tokens), graded by the last
-   integer of the answer; one outcome row per question in the format `thinkroute train` reads (per plan
-   is_correct, answer, tokens per model, prompt tokens);
+   gold answer an integer; the same rows as `ops/data/arith.py --n N --seed S`), written as JSON lines;
+2. `thinkroute serve` (the embedded default, with priors: SmolLM2-135M drafter and Gemma 3 270M reasoner on
+   vLLM, Ray Serve, Redis), then every question once per policy candidate with that plan fixed (greedy,
+   12 tokens), through `thinkroute collect`'s machinery (router/collect/runner.py), graded `first_number`
+   (the first number of the answer); one outcome row per question in the format `thinkroute train` reads
+   (per plan is_correct, answer, tokens per model, prompt tokens, cost, latency, TTFT). Resumable: a re-run
+   of the same command skips the questions already complete (`--budget-s` spreads it over several runs);
 3. `thinkroute train` on those outcomes with the drafter's own hidden state (last layer, last token) and its
    next-token uncertainty, in-process from the same weights, PCA 16: a probe of whether each plan, the
    drafter's own answer first of all, will be right.
@@ -21,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 SHOTS = {"+": [(3, 4), (12, 5), (31, 18), (6, 9)], "-": [(9, 4), (17, 5), (52, 31), (8, 6)],
          "*": [(3, 4), (12, 5), (7, 8), (11, 6)]}
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+#: max_tokens per request: the gold answers have at most 6 digits; the first number of the answer is graded.
+MAX_TOKENS = 12
 TRAIN_ARGS = ["--layers", "-1", "--pooling", "last", "--max-tokens", "64", "--uncertainty", "--pca-dim", "16", "--cv", "5"]
 
 
@@ -52,112 +55,142 @@ def arith_set(n: int = 108, seed: int = 0) -> list[dict]:
 
 
 def grade(text: str, gold: str) -> bool:
-    nums = re.findall(r"-?\d[\d,]*", text)
-    return bool(nums) and nums[0].replace(",", "") == gold
+    """The set's grader: `thinkroute collect`'s `first_number` (the first number of the answer is the gold one)."""
+    from router.collect.graders import grade_first_number
+
+    return grade_first_number(text, gold)[0]
 
 
-def collect(rows: list[dict], address: str, config, out: Path, concurrency: int = 6, budget_s: float = 600.0) -> list[dict]:
-    """Every row once per candidate plan, through the router (per plan is_correct, answer, tokens per model),
-    appended to `out` as each row completes. Resumable: rows already in `out` are skipped. Stops starting
-    rows after `budget_s` seconds; returns every row in `out`."""
-    from concurrent.futures import ThreadPoolExecutor
+def collect(rows: list[dict], address: str, config, out: Path, concurrency: int = 6, budget_s: float | None = 600.0,
+            max_tokens: int = MAX_TOKENS, progress: bool = True) -> tuple[list[dict], "CollectStats"]:
+    """Every row once per candidate plan through the router at `address`, with `thinkroute collect`'s machinery
+    (router/collect/runner.py: plan fixed per request, greedy, graded `first_number`, tokens per model, cost,
+    latency and TTFT from the trace), appended to `out` as each row completes. Resumable: rows already in `out`
+    are skipped. No request is started after `budget_s` seconds. Returns the complete rows of `rows` (in order)
+    and the run's counts."""
+    import asyncio
 
-    import grpc
     from tqdm import tqdm
 
-    from thinkroute.v1 import router_pb2 as rpb
-    from thinkroute.v1 import router_pb2_grpc as rpb_grpc
+    from router.collect.dataset import LabelledQuery
+    from router.collect.outcomes import OutcomeFile
+    from router.collect.runner import CollectStats, collect as run_collect  # noqa: F401 - CollectStats: the return type
 
-    stub = rpb_grpc.RouterStub(grpc.insecure_channel(address))
-    done = {json.loads(x)["id"] for x in out.read_text().splitlines() if x.strip()} if out.exists() else set()
-    deadline = time.monotonic() + budget_s
+    queries = [LabelledQuery(r["question"], r["answer"], r["task"], "first_number") for r in rows]
+    of = OutcomeFile(out, "question")
+    bar = tqdm(total=0, desc="collect", unit="req", disable=not progress)
 
-    def one(row: dict) -> dict | None:
-        if time.monotonic() > deadline:
-            return None
-        rec = {k: row[k] for k in ("question", "answer", "task", "id")}
-        for plan, cand in config.policy.candidates.items():
-            req = rpb.RouteRequest(request_id=f"emb-{row['id']}-{plan}", query=row["question"], max_tokens=12,
-                                   temperature=0.0, strategy=cand.strategy, model=cand.model or "")
-            t = time.monotonic()
-            resp = stub.Generate(req, metadata=[("application", "thinkroute")], timeout=300)
-            rec[plan] = {"is_correct": grade(resp.text, row["answer"]), "answer": resp.text,
-                         "tokens": {u.model: u.generated_tokens for u in resp.trace.usage},
-                         "prompt_tokens": max((u.prompt_tokens for u in resp.trace.usage), default=0),
-                         "latency_ms": (time.monotonic() - t) * 1e3}
-        return rec
+    def set_total(n: int) -> None:
+        bar.total = n
+        bar.refresh()
 
-    todo = [r for r in rows if r["id"] not in done]
-    with ThreadPoolExecutor(concurrency) as ex, out.open("a") as f:
-        for rec in tqdm(ex.map(one, todo), total=len(todo), desc="collect"):
-            if rec is not None:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-    return [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    try:
+        stats = asyncio.run(run_collect(queries, dict(config.policy.candidates), dict(config.policy.prices), of, address,
+                                        [("application", config.serve.app_name)], concurrency=concurrency,
+                                        timeout_s=config.router.request_timeout_s + 5.0, max_tokens=max_tokens,
+                                        on_done=bar.update, on_total=set_total, stop_after_s=budget_s))
+    finally:
+        bar.close()
+        of.close()
+    return [of.rows[q.text] for q in queries if q.text in of.rows], stats
+
+
+def start_stack(work: Path) -> tuple[subprocess.Popen, str]:
+    """`thinkroute serve` on the embedded default with priors (the plans are fixed per request: no probe needed),
+    on free ports, logging to `work/serve.log`; returns the process and the router's gRPC address."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import free_port
+
+    ready = work / "ready"
+    ready.unlink(missing_ok=True)
+    cfg = yaml.safe_load((REPO / "router/configs/embedded.yaml").read_text())
+    cfg["policy"]["artifact"] = None
+    cfg["serve"] = {**cfg["serve"], "grpc_port": free_port(), "http_port": free_port()}
+    cfg["redis"] = {**cfg["redis"], "port": free_port()}
+    cfg["run_dir"] = str(work / "serve")
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log = open(work / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(work / "config.yaml"),
+                             "--ready-file", str(ready)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    t0 = time.monotonic()
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() - t0 > 900:
+            stop_stack(proc)
+            raise SystemExit(f"the embedded stack did not start (see {work / 'serve.log'})")
+        time.sleep(2)
+    return proc, ready.read_text().strip()
+
+
+def stop_stack(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="router/artifacts/embedded", help="artifact directory")
     ap.add_argument("--work", default="runs/embedded_artifact", help="where the data, outcomes and logs go")
-    ap.add_argument("--n", type=int, default=108, help="questions (default 108: 12 per operation and digit count)")
+    ap.add_argument("--n", type=int, default=108, help="questions (default 108: 12 per operation and digit count); "
+                    "the first N rows of the seeded set, so a smaller N reuses a larger run's outcomes")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--outcomes", help="skip collection: train on this outcome file")
+    ap.add_argument("--concurrency", type=int, default=6, help="requests in flight (default 6)")
+    ap.add_argument("--outcomes", help="skip collection: train on this outcome file (e.g. the shipped "
+                    "router/artifacts/embedded/outcomes.jsonl)")
     ap.add_argument("--collect-only", action="store_true", help="stop after writing the outcome file")
-    ap.add_argument("--budget-s", type=float, default=600.0, help="stop starting questions after this many seconds "
-                    "of collection (a re-run resumes; default 600)")
+    ap.add_argument("--budget-s", type=float, default=None, help="start no request after this many seconds of "
+                    "collection; a re-run of the same command resumes (default: no limit)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.path.insert(0, str(REPO))
     from router.config import load_config
 
-    work = (REPO / args.work)
+    work = REPO / args.work
     work.mkdir(parents=True, exist_ok=True)
     config = load_config(overrides={"policy.artifact": None})
-    outcomes = Path(args.outcomes) if args.outcomes else work / "outcomes.jsonl"
-    if not args.outcomes:
-        rows = arith_set(args.n, args.seed)
-        (work / "arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        ready = work / "ready"
-        ready.unlink(missing_ok=True)
-        sys.path.insert(0, str(REPO / "tests"))
-        from conftest import free_port
-
-        import yaml
-
-        cfg = yaml.safe_load((REPO / "router/configs/embedded.yaml").read_text())
-        cfg["policy"].pop("artifact", None)
-        cfg["serve"] = {**cfg["serve"], "grpc_port": free_port(), "http_port": free_port()}
-        cfg["redis"] = {**cfg["redis"], "port": free_port()}
-        cfg["run_dir"] = str(work / "serve")
-        (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        log = open(work / "serve.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(work / "config.yaml"),
-                                 "--ready-file", str(ready)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    rows = arith_set(args.n, args.seed)
+    if args.outcomes:
+        outcomes = Path(args.outcomes)
+    else:
+        (work / "arith.jsonl").write_text("".join(json.dumps({**r, "grader": "first_number"}) + "\n" for r in rows))
+        t0 = time.monotonic()
+        proc, address = start_stack(work)
+        print(f"embedded stack up in {time.monotonic() - t0:.0f} s at {address}", file=sys.stderr)
         try:
-            t0 = time.monotonic()
-            while not ready.exists():
-                if proc.poll() is not None or time.monotonic() - t0 > 900:
-                    raise SystemExit(f"the embedded stack did not start (see {work / 'serve.log'})")
-                time.sleep(2)
-            got = collect(rows, ready.read_text().strip(), config, outcomes, budget_s=args.budget_s)
+            got, stats = collect(rows, address, config, work / "outcomes.jsonl", args.concurrency, args.budget_s,
+                                 progress=not args.no_progress)
         finally:
-            import signal
-
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(120)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_stack(proc)
+        print(f"{len(got)} of {len(rows)} questions complete ({stats.requests} requests, {stats.failed} failed, "
+              f"{stats.not_started} not started) in {time.monotonic() - t0:.0f} s", file=sys.stderr)
         for plan in config.policy.candidates:
-            acc = sum(r[plan]["is_correct"] for r in got) / len(got)
+            acc = sum(r[plan]["is_correct"] for r in got) / max(1, len(got))
             print(f"{plan:12s} accuracy {100 * acc:.1f}% on {len(got)} questions", file=sys.stderr)
+        if len(got) < len(rows):
+            print(f"incomplete: re-run the same command to collect the other {len(rows) - len(got)} questions",
+                  file=sys.stderr)
+            return 3
+        # exactly the rows of this set (a larger earlier run may have left more in outcomes.jsonl), kept beside
+        # the artifact: `--outcomes <out>/outcomes.jsonl` retrains it without a stack
+        outcomes = Path(args.out) / "outcomes.jsonl"
+        outcomes.parent.mkdir(parents=True, exist_ok=True)
+        outcomes.write_text("".join(json.dumps(r) + "\n" for r in got))
     if args.collect_only:
         return 0
-    cmd = [sys.executable, "-m", "router.cli", "train", "--outcomes", str(outcomes), "--out", args.out, "--no-progress", *TRAIN_ARGS]
-    print("+ " + " ".join(cmd[1:]), file=sys.stderr)
+    cmd = [sys.executable, "-m", "router.cli", "train", "--outcomes", str(outcomes), "--out", args.out, "--no-progress",
+           *TRAIN_ARGS]
+    print("+ thinkroute " + " ".join(cmd[3:]), file=sys.stderr)
     return subprocess.run(cmd, cwd=REPO).returncode
 
 

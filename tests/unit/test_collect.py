@@ -108,7 +108,7 @@ class FakeRouter:
         return rpb.RouteResponse(request_id="r", text=text, finish_reason="stop", trace=trace)
 
 
-def _run_collect(router: FakeRouter, queries, plans, out_path: Path, text_field="question"):
+def _run_collect(router: FakeRouter, queries, plans, out_path: Path, text_field="question", **kw):
     from thinkroute.v1 import router_pb2_grpc as rpb_grpc
 
     from router.collect.runner import collect
@@ -125,7 +125,7 @@ def _run_collect(router: FakeRouter, queries, plans, out_path: Path, text_field=
         out = OutcomeFile(out_path, text_field)
         try:
             return await collect(queries, plans, {s: 1.0 for s in SYSTEMS}, out, f"127.0.0.1:{port}", [],
-                                 concurrency=4, timeout_s=10), out
+                                 concurrency=4, timeout_s=10, **kw), out
         finally:
             out.close()
             await server.stop(0)
@@ -185,6 +185,21 @@ def test_resume_runs_only_missing_plans_and_compacts(tmp_path, six_rows):
     assert router.calls == {"gpt4_1106_preview": 2}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(set(SYSTEMS) <= set(r) for r in rows)
+
+
+def test_budget_stops_starting_requests_and_a_rerun_finishes(tmp_path, six_rows):
+    """stop_after_s (`collect --budget-s`, `router.learn.embedded --budget-s`): requests not started in time are not
+    sent, their queries stay unwritten, and the next run does only those."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in six_rows))
+    queries, _ = load_queries(data, grader="numeric")
+    out = tmp_path / "out.jsonl"
+    router = FakeRouter(six_rows)
+    stats, _ = _run_collect(router, queries, _plans(), out, stop_after_s=0.0)
+    assert stats.requests == 0 and stats.not_started == 6 * len(SYSTEMS) and stats.written_queries == 0
+    assert not router.calls and not out.read_text().strip()
+    stats, outfile = _run_collect(router, queries, _plans(), out, stop_after_s=60.0)
+    assert stats.not_started == 0 and stats.written_queries == 6 and len(outfile.rows) == 6
 
 
 def test_route_eval_reads_a_collected_file(tmp_path, six_rows):
