@@ -36,6 +36,8 @@ class PoolTarget:
     max_replicas: int = 8
     target_utilisation: float = 0.7
     """Fraction of capacity (tokens/s, and concurrency slots) a replica should run at."""
+    kv_cache_usage_target: float = 0.0
+    """Mean KV-cache usage (fraction) a replica should run at; 0 = KV usage does not drive scaling."""
 
     def __post_init__(self) -> None:
         if not self.capacity_tokens_per_s > 0:
@@ -44,6 +46,8 @@ class PoolTarget:
             raise ValueError(f"target_utilisation must be in (0, 1], got {self.target_utilisation}")
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas}, {self.max_replicas}")
+        if not 0 <= self.kv_cache_usage_target <= 1:
+            raise ValueError(f"kv_cache_usage_target must be in [0, 1], got {self.kv_cache_usage_target}")
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,15 @@ class PoolObservation:
     latency_p95_ms: float = 0.0
     demand_tokens_per_s: float = 0.0
     """Predicted generated tokens/s the chosen plans ask of this pool (PlanMix.demand)."""
+    kv_cache_usage: float = 0.0
+    """Mean fraction of the KV cache in use over the serving replicas (0 where not reported)."""
 
 
 @dataclass(frozen=True)
 class Decision:
     desired: int
     reason: str
-    """The signal that decided: demand, queue, ttft_p95, latency_p95, min_replicas or max_replicas."""
+    """The signal that decided: demand, queue, ttft_p95, latency_p95, kv_cache, min_replicas or max_replicas."""
     by_signal: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -77,6 +83,8 @@ def desired_replicas(obs: PoolObservation, target: PoolTarget) -> Decision:
     - queue: ceil((running + waiting) / (max_concurrency x target_utilisation)), in replica capacities
       (the same normalisation as router/scaling.py: replicas that are down do not dilute it).
     - ttft_p95 / latency_p95: over its target by a ratio r > 1, ceil(replicas x min(r, 2)) and at least one more.
+    - kv_cache: with a `kv_cache_usage_target`, over it: ceil(replicas x usage / target) (the KV in use, in
+      replicas at the target usage).
     """
     u = target.target_utilisation
     by: dict[str, int] = {
@@ -88,6 +96,9 @@ def desired_replicas(obs: PoolObservation, target: PoolTarget) -> Decision:
         if goal > 0 and seen > goal and obs.replicas > 0:
             ratio = min(seen / goal, 2.0)
             by[name] = max(obs.replicas + 1, math.ceil(obs.replicas * ratio))
+    kv_goal = target.kv_cache_usage_target
+    if kv_goal > 0 and obs.kv_cache_usage > kv_goal and obs.replicas > 0:
+        by["kv_cache"] = math.ceil(obs.replicas * obs.kv_cache_usage / kv_goal - 1e-9)
     reason = max(by, key=lambda k: by[k])
     desired = by[reason]
     if desired < target.min_replicas:
@@ -95,6 +106,20 @@ def desired_replicas(obs: PoolObservation, target: PoolTarget) -> Decision:
     elif desired > target.max_replicas:
         desired, reason = target.max_replicas, "max_replicas"
     return Decision(desired, reason, by)
+
+
+def pool_target(c) -> PoolTarget:
+    """A PoolTarget from one `autoscale.pools.<pool>` / `autoscale.default` entry (router/config.py's
+    AutoscalePoolConfig, or anything with its fields)."""
+    return PoolTarget(capacity_tokens_per_s=c.capacity_tokens_per_s, ttft_p95_ms=c.ttft_p95_ms,
+                      latency_p95_ms=c.latency_p95_ms, min_replicas=c.min_replicas, max_replicas=c.max_replicas,
+                      target_utilisation=c.target_utilisation,
+                      kv_cache_usage_target=getattr(c, "kv_cache_usage_target", 0.0))
+
+
+def pool_targets(autoscale, pools: Iterable[str]) -> dict[str, PoolTarget]:
+    """`autoscale.pools.<pool>` (else `autoscale.default`) for each named pool (`autoscale`: AutoscaleConfig)."""
+    return {pool: pool_target(autoscale.pools.get(pool, autoscale.default)) for pool in pools}
 
 
 class PlanMix:
