@@ -16,7 +16,9 @@ What `SetReplicas` can scale (stated in its `how`): the pool's workers that the 
 as local `thinkroute worker` processes on the host of the PoolScaler replica (the head node of a local
 Ray; on a Ray cluster, whichever node Serve placed it on). Workers it did not start (config
 `addresses`, the launcher's, discovered ones) are the pool's floor: it neither stops nor counts them
-as its own. Ray-hosted worker deployments are not scaled by it.
+as its own. A pool with `hosting: ray` is a Ray Serve deployment instead (router/ray_pools.py): SetReplicas
+sets that deployment's replica count (Serve places the replicas by resources; their workers join through the
+registry), unless a Serve autoscaling policy owns the count (FAILED_PRECONDITION).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from typing import Any, AsyncIterator
 
 from thinkroute.v1 import cluster_pb2 as cpb
 
-from router.autoscale import Autoscaler, Decision, PoolObservation, PoolTarget
+from router.autoscale import Autoscaler, Decision, PoolObservation, PoolTarget, pool_targets
 from router.errors import InvalidRoute, NotFound, RoutingError
 
 log = logging.getLogger("thinkroute.cluster")
@@ -52,14 +54,7 @@ class ScalingUnavailable(RoutingError):
 
 def targets_from_config(config) -> dict[str, PoolTarget]:
     """`autoscale.pools.<pool>` (or `autoscale.default`) for every model pool."""
-    auto = config.autoscale
-    out = {}
-    for pool in config.models:
-        c = auto.pools.get(pool, auto.default)
-        out[pool] = PoolTarget(capacity_tokens_per_s=c.capacity_tokens_per_s, ttft_p95_ms=c.ttft_p95_ms,
-                               latency_p95_ms=c.latency_p95_ms, min_replicas=c.min_replicas,
-                               max_replicas=c.max_replicas, target_utilisation=c.target_utilisation)
-    return out
+    return pool_targets(config.autoscale, config.models)
 
 
 class ClusterService:
@@ -116,7 +111,7 @@ class ClusterService:
             observations[pool] = PoolObservation(
                 replicas=len(live), running=sig.running, waiting=sig.waiting, max_concurrency=int(per_replica),
                 ttft_p95_ms=sig.ttft_p95_ms, latency_p95_ms=sig.latency_p95_ms,
-                demand_tokens_per_s=sig.demand_tokens_per_s)
+                demand_tokens_per_s=sig.demand_tokens_per_s, kv_cache_usage=sig.kv_cache_usage)
         decisions = self.autoscaler.step(time.monotonic(), observations, healthy)
         for pool, d in decisions.items():
             signals[pool].desired_replicas = d.desired
@@ -218,7 +213,7 @@ class PoolScaler:
         self.epoch, self.version = uuid.uuid4().hex, 0
         self.workers: dict[str, list] = {p: [] for p in self.config.models}
         self.ready: dict[str, list[str]] = {p: [] for p in self.config.models}
-        self.targets: dict[str, int] = {}
+        self.targets: dict[str, int] = {p: c.replicas for p, c in self.config.models.items() if c.hosting == "ray"}
         self._changed = asyncio.Event()
         #: Indexes of scaler-started workers (replica ids `<pool>-<index>`) start far above the launcher's own.
         self._next_index = 1000
@@ -252,6 +247,16 @@ class PoolScaler:
         """Aim `pool` at `replicas` workers in all: start or stop this scaler's own workers for the difference."""
         if pool not in self.workers:
             raise NotFound(f"unknown pool {pool!r}; pools: {sorted(self.workers)}")
+        if self.config.models[pool].hosting == "ray":  # the pool's Serve deployment (router/ray_pools.py)
+            from router.ray_pools import NotScalable, scale_pool
+
+            try:
+                await scale_pool(self.config, pool, replicas)
+            except NotScalable as e:
+                raise ScalingUnavailable(str(e)) from None
+            self.targets[pool] = replicas
+            self._bump()
+            return {**self.snapshot(), "how": "Ray Serve deployment replicas placed by resources"}
         floor = len(self.static.get(pool, []))
         self.targets[pool] = max(replicas, floor)
         want = self.targets[pool] - floor
@@ -279,7 +284,7 @@ class PoolScaler:
 
         import json
 
-        engine = self.config.models[pool].model_dump(exclude={"replicas", "addresses"})
+        engine = self.config.models[pool].engine_dict()
         engine["kv_connector"] = None  # NOTE: scaler-started workers keep a local prefix cache only
         index = self._next_index
         self._next_index += 1

@@ -23,6 +23,28 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+class RayHostingConfig(_Base):
+    """Where Ray places the workers of a pool with `hosting: ray` (router/ray_pools.py): every replica of the
+    pool's Ray Serve deployment asks for these resources, so it lands only on nodes that have them."""
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources one replica needs, e.g. {drafter: 1}; give the nodes with the pool's hardware that resource (`ray start --resources '{"drafter": 1}'`)."""
+    num_gpus: float = Field(0.0, ge=0)
+    """GPUs one replica needs (Ray places it on a node with them free and sets CUDA_VISIBLE_DEVICES for its worker)."""
+    num_cpus: float = Field(1.0, ge=0)
+    """CPUs one replica reserves in Ray's (logical) accounting."""
+    heartbeat_s: float = Field(2.0, gt=0, le=300)
+    """Seconds between a hosted worker's registry heartbeats: a worker whose node is lost leaves the router's pool at most 3 x this + `router.discovery.poll_interval_s` later."""
+    autoscaling: bool = False
+    """Ray Serve autoscales the pool's deployment with thinkroute's custom policy on its workers' signals (router/ray_autoscaling.py), between `autoscale.pools.<pool>` min_replicas and max_replicas; false = `replicas` replicas, changed by SetReplicas (Ray Serve's external scaler)."""
+    ready_timeout_s: float = Field(900.0, gt=0)
+    """How long one replica's worker may take to load before the replica fails (Ray Serve then starts another)."""
+
+
+#: `models.<name>` fields that describe the pool, not its workers' engine (dropped from a worker's EngineConfig).
+POOL_FIELDS = frozenset({"replicas", "addresses", "hosting", "ray"})
+
+
 class ModelPoolConfig(EngineConfig):
     """One model pool: the engine settings of its workers, and how many replicas to run."""
 
@@ -31,9 +53,17 @@ class ModelPoolConfig(EngineConfig):
     model: str = ""
     """Registry name, .gguf file or HF directory; empty = the pool's name."""
     replicas: int = Field(1, ge=0)
-    """Worker processes `thinkroute serve` starts for this model (0 = use `addresses` only)."""
+    """Worker processes `thinkroute serve` starts for this model (0 = use `addresses` only); `hosting: ray`: the replicas of its Ray Serve deployment."""
     addresses: list[str] = Field(default_factory=list)
     """Workers already running elsewhere (host:port), added to the pool."""
+    hosting: Literal["local", "ray"] = "local"
+    """`local`: `thinkroute serve` starts `replicas` worker processes on its own machine; `ray`: the workers are replicas of a Ray Serve deployment placed by `ray` resources on the Ray cluster's nodes, found through the worker registry (needs `router.discovery.enabled`)."""
+    ray: RayHostingConfig = Field(default_factory=RayHostingConfig)
+    """Placement and scaling of a pool with `hosting: ray`."""
+
+    def engine_dict(self) -> dict[str, Any]:
+        """The fields of one worker's EngineConfig (JSON-ready): everything but the pool's own fields."""
+        return self.model_dump(mode="json", exclude=set(POOL_FIELDS))
 
 
 class ScorerConfig(_Base):
@@ -285,6 +315,8 @@ class AutoscalePoolConfig(_Base):
     """Most replicas GetDesiredReplicas asks for and SetReplicas accepts."""
     target_utilisation: float = Field(0.7, gt=0, le=1)
     """Fraction of a replica's capacity (tokens/s and concurrency slots) to run at."""
+    kv_cache_usage_target: float = Field(0.0, ge=0, le=1)
+    """Mean KV-cache usage (fraction) a replica should run at; above it the pool asks for ceil(replicas x usage / target). 0 = KV usage does not drive scaling."""
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "AutoscalePoolConfig":
@@ -354,6 +386,9 @@ class Config(_Base):
         for name, pool in self.models.items():
             if not pool.model:
                 pool.model = name
+            if pool.hosting == "ray" and not self.router.discovery.enabled:
+                raise ValueError(f"models.{name}: hosting ray needs router.discovery.enabled: the router finds "
+                                 "Ray-hosted workers through the worker registry")
             if pool.replicas == 0 and not pool.addresses and not self.router.discovery.enabled:
                 raise ValueError(f"models.{name}: replicas is 0 and no addresses are given: nothing would serve it "
                                  "(or enable router.discovery so registered workers serve it)")

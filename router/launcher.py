@@ -187,8 +187,10 @@ class LocalCluster:
 
         warm = warm_hidden_states(self.config)  # the probe artifact's layers, loaded at start on the drafter
         for name, pool in self.config.models.items():
+            if pool.hosting == "ray":  # Ray Serve places and starts these (router/ray_pools.py, start_router)
+                continue
             for i in range(pool.replicas):
-                engine = pool.model_dump(exclude={"replicas", "addresses"})
+                engine = pool.engine_dict()
                 if warm is not None and warm[0] == name and engine.get("backend") == "vllm" \
                         and not engine.get("hidden_state_warm_layers"):
                     engine.update(warm[1])
@@ -268,13 +270,20 @@ class LocalCluster:
             if choice.note:
                 say(choice.note)
             say(f"starting Ray and Ray Serve ({'HAProxy' if choice.mode == 'haproxy' else 'Python proxy'} ingress)")
-            ray.init(num_cpus=sc.num_cpus, include_dashboard=False, logging_level="WARNING")
+            from router.ray_pools import local_node_resources
+
+            ray.init(num_cpus=sc.num_cpus, include_dashboard=False, logging_level="WARNING",
+                     resources=local_node_resources(self.config) or None)  # one node holds every hosted pool
         tls = self.config.tls
         serve.start(  # Ray Serve's HTTP proxy serves HTTPS with these; its gRPC proxy has no TLS option
             http_options=HTTPOptions(host=sc.host, port=sc.http_port, ssl_certfile=tls.http_cert_file,
                                      ssl_keyfile=tls.http_key_file),
             grpc_options=gRPCOptions(port=sc.grpc_port, grpc_servicer_functions=GRPC_SERVICERS),
         )
+        from router.ray_pools import deploy_pools
+
+        for app in deploy_pools(self.config):  # `hosting: ray` pools: one Serve application each
+            say(f"Ray-hosted pool ready: Serve application {app}")
         serve.run(build_app(self.config, self.addresses()), name=sc.app_name, route_prefix="/")
         say(f"router ready: gRPC {sc.host}:{sc.grpc_port} (thinkroute.v1.Router), HTTP {sc.host}:{sc.http_port} "
             f"({self.ingress} ingress)")

@@ -120,7 +120,7 @@ def load_worker_config(path: str, args: argparse.Namespace):
     data = dict(data)
     registration = data.pop("registration", None)
     kv_redis_url = data.pop("kv_redis_url", None)
-    for k in ("replicas", "addresses"):  # a models.<name> entry of the router's config is accepted as is
+    for k in ("replicas", "addresses", "hosting", "ray"):  # a models.<name> entry of the router's config is accepted as is
         data.pop(k, None)
     data.update(_given(args))
     try:

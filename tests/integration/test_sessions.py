@@ -39,7 +39,7 @@ def two_drafters(tmp_path_factory):
 
     config = load_config(CONFIG)
     pool = config.models["smollm2-135m"]
-    engine = json.dumps(pool.model_dump(mode="json", exclude={"replicas", "addresses"}))
+    engine = json.dumps(pool.engine_dict())
     log_dir = tmp_path_factory.mktemp("two-drafters")
     workers = [start_worker("smollm2-135m", "vllm", log_dir, "--config-json", engine) for _ in range(pool.replicas)]
     try:

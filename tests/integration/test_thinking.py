@@ -35,7 +35,7 @@ def standin(tmp_path_factory):
 
     config = load_config(CONFIG)
     pool = config.models["smollm2-135m"]
-    engine = json.dumps(pool.model_dump(mode="json", exclude={"replicas", "addresses"}))
+    engine = json.dumps(pool.engine_dict())
     worker = start_worker("smollm2-135m", "vllm", tmp_path_factory.mktemp("thinking"), "--config-json", engine)
     state: dict = {"config": config}
     try:
