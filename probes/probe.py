@@ -93,7 +93,12 @@ class Probe:
     def fit(self, X: np.ndarray, correct: np.ndarray, out_tokens: np.ndarray | None = None, context: np.ndarray | None = None, sample_weight: np.ndarray | None = None, keep_basis: bool = False) -> "Probe":
         """X [n, dim] features; correct [n, plans] 0/1; out_tokens [n, plans]; context [n, c] extra
         (already meaningful, e.g. a task embedding) columns appended after PCA. `keep_basis` reuses
-        the PCA basis of a previous `fit_basis`/`fit` on the same features."""
+        the PCA basis of a previous `fit_basis`/`fit` on the same features.
+
+        NaN in `correct` (or `out_tokens`) means "not observed" (bandit rows: only the plan that answered is
+        judged): each plan's P(correct) head (and token head) is fitted on the rows where it is observed; the
+        PCA basis uses every row (it needs no labels). No off-policy correction: observed rows are weighted as
+        given (`sample_weight`), whichever policy chose them."""
         X = np.asarray(X, np.float64)
         correct = np.asarray(correct, np.float64).reshape(len(X), len(self.plans))
         if not (keep_basis and self.arrays):
@@ -104,15 +109,16 @@ class Probe:
         icpt = np.zeros(len(self.plans))
         self.chosen_C: list[float | None] = []
         for j in range(len(self.plans)):
-            y = correct[:, j]
+            seen = ~np.isnan(correct[:, j])
+            Hj, y, wj = (H, correct[:, j], w) if seen.all() else (H[seen], correct[seen, j], w[seen])
             pos = int(y.sum())
             if pos == 0 or pos == len(y):
                 icpt[j] = _logit((pos + 0.5) / (len(y) + 1))
                 self.chosen_C.append(None)
                 continue
             k = min(3, pos, len(y) - pos)
-            C = cv_choose_C(H, y, w, self.config.Cs, k, self.config.seed) if k >= 2 else min(self.config.Cs)
-            beta = fit_logreg(H, y, w, C)
+            C = cv_choose_C(Hj, y, wj, self.config.Cs, k, self.config.seed) if k >= 2 else min(self.config.Cs)
+            beta = fit_logreg(Hj, y, wj, C)
             coef[j], icpt[j] = beta[1:], beta[0]
             self.chosen_C.append(float(C))
         tcoef = np.zeros_like(coef)
@@ -120,7 +126,11 @@ class Probe:
         if out_tokens is not None:
             T = np.log1p(np.asarray(out_tokens, np.float64).reshape(len(X), len(self.plans)))
             for j in range(len(self.plans)):
-                beta = fit_ridge(H, T[:, j], w, self.config.ridge_alpha)
+                seen = ~np.isnan(T[:, j])
+                if not seen.any():
+                    continue  # no observed tokens: the head predicts 0
+                beta = (fit_ridge(H, T[:, j], w, self.config.ridge_alpha) if seen.all()
+                        else fit_ridge(H[seen], T[seen, j], w[seen], self.config.ridge_alpha))
                 tcoef[j], ticpt[j] = beta[1:], beta[0]
         self.arrays.update({"coef": coef, "icpt": icpt, "tcoef": tcoef, "ticpt": ticpt,
                             "n_context": np.array([0 if context is None else np.asarray(context).shape[1]])})

@@ -5,6 +5,7 @@ Examples:
     thinkroute train --outcomes A.jsonl B.jsonl --out runs/policy --features worker --worker 127.0.0.1:50051
     thinkroute train --config router/configs/replay_gsm8k_6sys.yaml --outcomes train.jsonl --out runs/p \\
         --layers 2 4 8 --pooling last mean --minilm
+    thinkroute train --config C.yaml --outcomes collected.jsonl --from-log --out runs/policy2   # + the feedback log
 """
 from __future__ import annotations
 
@@ -29,13 +30,29 @@ the same policy on random features or on the prompt length alone (baselines the 
 The artifact directory holds the Policy (probe/, policy.json), train.json (model id, feature spec, plans,
 prices, outcome files with sha256, and the cross-validated metrics on the training rows: area, APGR and the
 cost to reach the best plan's accuracy for the probe and route-eval's baselines, with route-eval's rule:
-operating points fixed on training folds) and calibration.png (out-of-fold predicted vs observed P(correct))."""
+operating points fixed on training folds) and calibration.png (out-of-fold predicted vs observed P(correct)).
+
+--from-log: the deployment's decision log as the next training file. Without FILE, the joined outcomes of the
+config's deployment (policy.feedback: its Redis, or policy.feedback.dir) are exported to DIR/from_log.jsonl
+first (what `thinkroute feedback export` writes); with FILE, that exported file is read. Each log row is one
+judged request: its text, task and only the plan that answered (is_correct = score >= 0.5; tokens from its
+logged cost at the config's prices). These bandit rows judge a subset of the plans, so each plan's P(correct)
+and token heads are fitted only on the rows where that plan was judged; every plan must be judged somewhere
+(give a collected outcome file with --outcomes beside the log). Rows of the same text merge across files (the
+first outcome of a plan wins). route-eval's cross-validated metrics and the operating points are computed on
+the rows with every plan judged (the --outcomes files), or skipped when fewer than 2 x --cv rows are complete.
+Not done: no off-policy correction (no inverse-propensity weighting): the log holds the plans an earlier policy
+chose, so a plan it rarely chose is learned from few, selected rows."""
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="fit a servable routing policy on outcome files", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--outcomes", nargs="+", required=True, metavar="FILE", help="outcome files (JSON lines)")
+    p.add_argument("--outcomes", nargs="+", default=[], metavar="FILE", help="outcome files (JSON lines), every plan "
+                   "per row (required unless --from-log)")
+    p.add_argument("--from-log", nargs="?", const="", default=None, metavar="FILE",
+                   help="also train on the decision log's judged requests (bandit rows): FILE as `thinkroute feedback "
+                   "export` wrote it, or, without FILE, exported now from the config's deployment to DIR/from_log.jsonl")
     p.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
     p.add_argument("--config", metavar="YAML", help="router config whose policy is trained (default: the embedded one)")
     p.add_argument("--features", choices=["local", "worker", "noise", "length"], default="local",
@@ -108,8 +125,18 @@ def run(args) -> int:
     if not progress:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     config = load_config(args.config)
+    if not args.outcomes and args.from_log is None:
+        print("train: give --outcomes FILE [FILE ...] and/or --from-log [FILE]", file=sys.stderr)
+        return 2
+    partial: list[str] = []
+    if args.from_log is not None:
+        try:
+            partial = [log_file(args, config)]
+        except (OutcomeError, OSError) as e:
+            print(f"train: --from-log: {e}", file=sys.stderr)
+            return 2
     try:
-        ts = load_training_set(args.outcomes, config, args.text_field, args.task_field, args.limit)
+        ts = load_training_set(args.outcomes, config, args.text_field, args.task_field, args.limit, partial=partial)
     except OutcomeError as e:
         print(f"train: {e}", file=sys.stderr)
         return 2
@@ -131,6 +158,30 @@ def run(args) -> int:
         print_summary(info)
         print(f"artifact: {args.out} (serve it with policy.artifact, or `thinkroute policy reload --artifact {args.out}`)")
     return 0
+
+
+def log_file(args, config) -> str:
+    """The --from-log training file: the given export, or the deployment's decision log exported to
+    <out>/from_log.jsonl now (router/feedback.py export_outcomes)."""
+    import asyncio
+    from pathlib import Path
+
+    from router.learn.outcomes import OutcomeError
+
+    if args.from_log:
+        if not Path(args.from_log).is_file():
+            raise OutcomeError(f"log file {args.from_log} not found (write one with `thinkroute feedback export --out FILE`)")
+        return args.from_log
+    if config.policy is None:
+        raise OutcomeError("the config has no `policy:` section, so its routers log no decisions")
+    from router.feedback import export_outcomes
+
+    out = str(Path(args.out) / "from_log.jsonl")
+    n = asyncio.run(export_outcomes(config, out))
+    print(f"exported {n} judged requests from the decision log to {out}", file=sys.stderr)
+    if not n:
+        raise OutcomeError(f"the decision log of this deployment holds no judged requests (feedback) yet; wrote {out} empty")
+    return out
 
 
 def _minilm(ts, progress: bool) -> dict:

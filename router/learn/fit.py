@@ -11,13 +11,20 @@
 
 train.json also lists `operating_points`: the dials that reach route-eval's log-cost quantiles on the training
 rows (in-sample, as route-eval fixes them on a fold's training rows), for serving at a known cost.
+
+Bandit rows (`thinkroute train --from-log`: each row judged for the plan that answered only): each plan's heads
+are fitted on the rows where it was judged (probes/probe.py); calibration is computed on the judged (row, plan)
+pairs out of fold; route-eval's metrics and the operating points need every plan's outcome on a row, so they are
+computed on the complete rows only (from collected outcome files), or skipped, saying so, when fewer than
+2 x cv rows are complete. No off-policy correction: the judged rows are the ones an earlier policy chose, and
+they are weighted as they come (see docs/routing.md).
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +85,10 @@ def calibration(P: np.ndarray, correct: np.ndarray, plans: list[str], bins: int 
     edges = np.linspace(0, 1, bins + 1)
 
     def one(p, y):
+        seen = ~np.isnan(y)  # bandit rows: only the judged (row, plan) pairs
+        p, y = p[seen], y[seen]
+        if not len(y):
+            return {"bins": [], "brier": float("nan"), "ece": float("nan"), "base_rate": float("nan")}
         idx = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
         rows = [{"predicted": float(p[idx == b].mean()), "observed": float(y[idx == b].mean()), "n": int((idx == b).sum())}
                 for b in range(bins) if (idx == b).any()]
@@ -133,10 +144,24 @@ def train_artifact(ts: TrainingSet, X: np.ndarray, spec: dict, model_id: str, ou
                             PolicyConfig(task_context_dim=0, seed=seed))
         P = out_of_fold_p(ts, X, spec, model_id, sel, pcfg, cv, seed)
     ecfg = eval_config(ts, str(meta.get("name", "train") if meta else "train"), asdict(pcfg), asdict(sel), cv, seed, minilm)
-    res = cross_validate(ts, X, spec, model_id, ecfg, extra, progress, bootstrap)
+    full = ts.complete
+    bandit = len(full) < len(d.texts)
+    cv_info: dict
+    points: list[dict] = []
+    if bandit and len(full) < 2 * cv:
+        cv_info = {"k": cv, "seed": seed, "skipped": f"{len(full)} of {len(d.texts)} rows have an outcome for every plan; "
+                   f"route-eval's metrics need at least {2 * cv} such rows (add a collected outcome file)"}
+    else:
+        tsc = replace(ts, data=d.subset(full)) if bandit else ts
+        xtra = {k: (x[full], s_, m) for k, (x, s_, m) in extra.items()} if (bandit and extra) else extra
+        res = cross_validate(tsc, X[full] if bandit else X, spec, model_id, ecfg, xtra, progress, bootstrap)
+        cv_info = {"k": cv, "seed": seed, "rule": "route-eval (router/policy/evaluate.py): dials fixed on training rows "
+                   "at log-cost quantiles, curve = hull of those points", **summarize(res)}
+        if bandit:
+            cv_info["rows"] = f"the {len(full)} complete rows only (every plan judged)"
+        with threadpool_limits(1, user_api="blas"):
+            points = operating_points(policy, tsc, X[full] if bandit else X)
     cal = calibration(P, d.correct, ts.plans)
-    with threadpool_limits(1, user_api="blas"):
-        points = operating_points(policy, ts, X)
     out.mkdir(parents=True, exist_ok=True)
     policy.save(out)
     info = {
@@ -151,9 +176,12 @@ def train_artifact(ts: TrainingSet, X: np.ndarray, spec: dict, model_id: str, ou
         "outcomes": ts.files,
         "rows": len(d.texts),
         "duplicates_skipped": ts.duplicates,
-        "accuracy": {p: float(d.correct[:, j].mean()) for j, p in enumerate(ts.plans)},
-        "cv": {"k": cv, "seed": seed, "rule": "route-eval (router/policy/evaluate.py): dials fixed on training rows at "
-               "log-cost quantiles, curve = hull of those points", **summarize(res)},
+        "accuracy": {p: float(np.nanmean(d.correct[:, j])) for j, p in enumerate(ts.plans)},
+        "judged": {p: int(ts.judged[:, j].sum()) for j, p in enumerate(ts.plans)},
+        "complete_rows": int(len(full)),
+        "bandit": (f"{len(d.texts) - len(full)} rows judge a subset of the plans (decision-log feedback): each plan's "
+                   "heads are fitted on the rows where it was judged; no off-policy correction") if bandit else None,
+        "cv": cv_info,
         "calibration": {k: {kk: v[kk] for kk in ("brier", "ece", "base_rate")} for k, v in cal.items()},
         "operating_points": points,
         "seconds": round(time.time() - t0, 1),
@@ -193,10 +221,23 @@ def operating_points(policy: Policy, ts: TrainingSet, X: np.ndarray) -> list[dic
 def print_summary(info: dict, file=None) -> None:
     file = file or sys.stdout
     cv = info["cv"]
-    print(f"trained on {info['rows']} rows, features {info['feature_spec'].get('source')} of {info['model_id']}; "
-          f"{cv['k']}-fold cross-validated (route-eval's operating-point rule):", file=file)
-    for p, a in info["accuracy"].items():
-        print(f"   {p:28s} accuracy {100 * a:5.1f}%  cost/query ${cv['singles'][p]['cost_per_query']:.6g}", file=file)
+    if info.get("bandit"):
+        print(f"bandit rows: {info['bandit']}; judged rows per plan {info['judged']}", file=file)
+    if "skipped" in cv:
+        print(f"trained on {info['rows']} rows, features {info['feature_spec'].get('source')} of {info['model_id']}; "
+              f"no cross-validated routing metrics: {cv['skipped']}", file=file)
+        for p, a in info["accuracy"].items():
+            print(f"   {p:28s} accuracy {100 * a:5.1f}% on {info.get('judged', {}).get(p, info['rows'])} judged rows", file=file)
+    else:
+        print(f"trained on {info['rows']} rows, features {info['feature_spec'].get('source')} of {info['model_id']}; "
+              f"{cv['k']}-fold cross-validated (route-eval's operating-point rule{', ' + cv['rows'] if 'rows' in cv else ''}):",
+              file=file)
+        for p, a in info["accuracy"].items():
+            print(f"   {p:28s} accuracy {100 * a:5.1f}%  cost/query ${cv['singles'][p]['cost_per_query']:.6g}", file=file)
+    allp = info["calibration"]["all plans"]
+    if "skipped" in cv:
+        print(f"   calibration (out of fold, judged pairs): Brier {allp['brier']:.4f}, ECE {allp['ece']:.4f}", file=file)
+        return
     print(f"   {'method':28s} {'area':>7s} {'APGR':>7s} {'cost to match best':>19s}", file=file)
     for name, m in cv["methods"].items():
         c = m["cost_rel_to_match_best"]

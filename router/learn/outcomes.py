@@ -6,6 +6,14 @@ and per plan (a key of `policy.candidates` in the router config) an object with 
 optionally, `tokens` ({model: generated tokens}), `prompt_tokens`, `solution`/`answer` (counted with
 the SmolLM2 tokenizer when `tokens` is absent).
 
+Bandit rows (`partial` files: the decision log as `thinkroute feedback export` writes it, read by
+`thinkroute train --from-log`): a row may hold a subset of the plans, at the top level or under `plans`
+(`{"question": ..., "task": ..., "plans": {"<plan>": {"is_correct": ..., "cost": ...}}}`). A plan missing
+from a row is NaN in `correct`, `out_tokens` and `cost` (not judged: the plan was not run), and each plan's
+heads are fitted only on the rows where it was judged. Rows with the same text merge (a plan already present
+is kept, the later one counted as a duplicate). A judged plan without `tokens` or an answer text gets its
+price-weighted output tokens from its logged `cost` at the config's prices, less the prompt (clipped at 0).
+
 Costs come from the router config only (`policy.prices`, USD per million tokens per model): a plan's
 cost is the sum over its models of price x (prompt tokens + that model's generated tokens). For the
 policy this is one `SystemPrice` per plan: price_in = the sum of its models' prices, price_out = the
@@ -36,12 +44,22 @@ class OutcomeError(ValueError):
 
 @dataclass
 class TrainingSet:
-    data: Outcomes  # texts, task groups, correct [n, plans], out_tokens (price-weighted), prompt estimate, cost
+    data: Outcomes  # texts, task groups, correct [n, plans] (NaN: not judged), out_tokens (price-weighted), prompt estimate, cost
     plans: list[str]
     prices: dict[str, SystemPrice]
     plan_models: dict[str, list[str]]
-    files: list[dict]  # {"path", "sha256", "rows"}
+    files: list[dict]  # {"path", "sha256", "rows", "partial"}
     duplicates: int
+
+    @property
+    def judged(self) -> np.ndarray:
+        """[n, plans] True where the plan has an outcome for the row (all True without bandit rows)."""
+        return ~np.isnan(self.data.correct)
+
+    @property
+    def complete(self) -> np.ndarray:
+        """Indices of the rows with an outcome for every plan (route-eval's metrics need those)."""
+        return np.flatnonzero(self.judged.all(1))
 
 
 def plan_models(config) -> dict[str, list[str]]:
@@ -93,11 +111,25 @@ def _plans_in(row: dict) -> list[str]:
     return [k for k, v in row.items() if isinstance(v, dict) and "is_correct" in v]
 
 
-def read_rows(paths: list[str], candidates: list[str], text_field: str | None = None, limit: int | None = None
-              ) -> tuple[list[dict], list[str], list[dict], int]:
-    """Rows of every file (first occurrence of a text wins), their text field, file records, duplicates.
-    Raises OutcomeError for a file whose plans are not the config's candidates."""
-    rows, fields, files, seen, dup = [], [], [], set(), 0
+def _flatten(row: dict) -> dict:
+    """A decision-log row's `plans: {plan: outcome}` moved to the top level (the collect / route-eval shape)."""
+    nested = row.get("plans")
+    if not isinstance(nested, dict):
+        return row
+    out = {k: v for k, v in row.items() if k != "plans"}
+    for plan, rec in nested.items():
+        if isinstance(rec, dict) and "is_correct" in rec and plan not in out:
+            out[plan] = rec
+    return out
+
+
+def read_rows(paths: list[str], candidates: list[str], text_field: str | None = None, limit: int | None = None,
+              partial: set[str] | frozenset[str] = frozenset()) -> tuple[list[dict], list[str], list[dict], int]:
+    """Rows of every file, their text field, file records, duplicates. Rows of one text merge: the first outcome of
+    each plan wins (a row adding no plan is a duplicate). Raises OutcomeError for a file whose plans are not the
+    config's candidates, or, unless the file is in `partial` (bandit rows), a row lacking some of them."""
+    rows, fields, files, dup = [], [], [], 0
+    by_text: dict[str, dict] = {}
     for path in paths:
         p = Path(path)
         if not p.is_file():
@@ -108,27 +140,39 @@ def read_rows(paths: list[str], candidates: list[str], text_field: str | None = 
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = _flatten(json.loads(line))
             except json.JSONDecodeError as e:
                 raise OutcomeError(f"{path}:{i + 1}: not JSON ({e})") from None
+            except AttributeError:
+                raise OutcomeError(f"{path}:{i + 1}: not a JSON object") from None
             plans = _plans_in(row)
             extra = sorted(set(plans) - set(candidates))
             if extra:
                 raise OutcomeError(f"{path}:{i + 1}: plans {extra} are not in the config's policy.candidates {candidates}; "
                                    "train with the config whose candidates produced this file, or add them to it")
             missing = sorted(set(candidates) - set(plans))
-            if missing:
+            if missing and str(path) not in partial:
                 raise OutcomeError(f"{path}:{i + 1}: no outcome for candidates {missing} (the file has {sorted(plans)}); "
                                    "collect every candidate plan, or train with a config listing only these plans")
+            if not plans:
+                raise OutcomeError(f"{path}:{i + 1}: no plan outcome in the row (an object with `is_correct` per plan)")
             f = _text_field(row, path, text_field)
-            if row[f] in seen:
-                dup += 1
+            first = by_text.get(row[f])
+            if first is not None:
+                new = [p for p in plans if p not in first]
+                if not new:
+                    dup += 1
+                    continue
+                for p in new:
+                    first[p] = row[p]
+                n += 1
                 continue
-            seen.add(row[f])
+            by_text[row[f]] = row
             rows.append(row)
             fields.append(f)
             n += 1
-        files.append({"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "rows": n})
+        files.append({"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "rows": n,
+                      "partial": str(path) in partial})
     if not rows:
         raise OutcomeError(f"no outcome rows in {paths}")
     if limit and limit < len(rows):
@@ -138,14 +182,23 @@ def read_rows(paths: list[str], candidates: list[str], text_field: str | None = 
 
 
 def load_training_set(paths: list[str], config, text_field: str | None = None, task_field: str | None = "task",
-                      limit: int | None = None, count_tokens: Callable[[list[str]], np.ndarray] | None = None) -> TrainingSet:
-    """Read outcome files against `config` (its policy candidates and prices); see the module docstring."""
+                      limit: int | None = None, count_tokens: Callable[[list[str]], np.ndarray] | None = None,
+                      partial: list[str] | tuple[str, ...] = ()) -> TrainingSet:
+    """Read outcome files against `config` (its policy candidates and prices); see the module docstring. Files in
+    `partial` hold bandit rows (a subset of the plans per row); every plan must be judged on at least one row."""
     if config.policy is None:
         raise OutcomeError("the router config has no `policy:` section: nothing to train (add policy.candidates and prices)")
     prices, models = plan_prices(config)
     plans = list(config.policy.candidates)
-    rows, fields, files, dup = read_rows(paths, plans, text_field, limit)
+    partial_set = {str(p) for p in partial}
+    rows, fields, files, dup = read_rows(list(paths) + [p for p in partial if p not in paths], plans, text_field, limit,
+                                         partial_set)
     texts = [r[f] for r, f in zip(rows, fields)]
+    never = [p for p in plans if not any(p in r for r in rows)]
+    if never:
+        raise OutcomeError(f"no outcome for plans {never} in any row: a plan never judged cannot be learned (bandit "
+                           "rows hold only the plan that answered); add an outcome file with every plan (thinkroute "
+                           "collect) to --outcomes, or train a config without those plans")
 
     def counter():
         nonlocal count_tokens
@@ -156,30 +209,38 @@ def load_training_set(paths: list[str], config, text_field: str | None = None, t
         return count_tokens
 
     n, S = len(rows), len(plans)
-    correct = np.array([[float(bool(r[p]["is_correct"])) for p in plans] for r in rows])
-    prompt = np.array([float(r[plans[0]].get("prompt_tokens") or 0) for r in rows])
+    judged = np.array([[p in r for p in plans] for r in rows])
+    correct = np.array([[float(bool(r[p]["is_correct"])) if p in r else np.nan for p in plans] for r in rows])
+    prompt = np.array([float(next((r[p].get("prompt_tokens") for p in plans if p in r), 0) or 0) for r in rows])
     if (prompt <= 0).any():
         todo = np.flatnonzero(prompt <= 0)
         prompt[todo] = counter()([texts[i] for i in todo])
-    out_eff = np.zeros((n, S))
-    cost = np.zeros((n, S))
+    out_eff = np.full((n, S), np.nan)
+    cost = np.full((n, S), np.nan)
     for j, plan in enumerate(plans):
         ms = models[plan]
-        tok = np.zeros((n, len(ms)))
-        for i, r in enumerate(rows):
-            t = r[plan].get("tokens")
-            if isinstance(t, dict):
-                tok[i] = [float(t.get(m, 0.0)) for m in ms]
-            else:
-                tok[i] = np.nan
-        if np.isnan(tok).any():  # no per-model tokens: count the answer text, all on the plan's last model
-            todo = np.flatnonzero(np.isnan(tok[:, 0]))
-            sols = [str(rows[i][plan].get("solution") or rows[i][plan].get("answer") or "") for i in todo]
-            tok[todo] = 0.0
-            tok[todo, -1] = counter()(sols)
         pin = np.array([model_price(config, m)[0] for m in ms])
         pout = np.array([model_price(config, m)[1] for m in ms])
         price_out = prices[plan].price_out
+        tok = np.full((n, len(ms)), np.nan)
+        from_cost = []
+        for i, r in enumerate(rows):
+            if not judged[i, j]:
+                continue
+            t = r[plan].get("tokens")
+            if isinstance(t, dict):
+                tok[i] = [float(t.get(m, 0.0)) for m in ms]
+            elif (not (r[plan].get("solution") or r[plan].get("answer")) and pout[-1] > 0
+                  and isinstance(r[plan].get("cost"), (int, float))):
+                from_cost.append(i)
+        for i in from_cost:  # a logged decision: its cost at these prices, less the prompt, is the output tokens' part
+            tok[i] = 0.0
+            tok[i, -1] = max(0.0, float(rows[i][plan]["cost"]) * 1e6 - prompt[i] * pin.sum()) / pout[-1]
+        todo = np.flatnonzero(judged[:, j] & np.isnan(tok[:, 0]))
+        if len(todo):  # no per-model tokens: count the answer text, all on the plan's last model
+            sols = [str(rows[i][plan].get("solution") or rows[i][plan].get("answer") or "") for i in todo]
+            tok[todo] = 0.0
+            tok[todo, -1] = counter()(sols)
         out_eff[:, j] = (tok @ pout) / price_out if price_out > 0 else tok.sum(1)
         cost[:, j] = (prompt * pin.sum() + tok @ pout) / 1e6
     groups = None
