@@ -101,6 +101,11 @@ class WorkerPool:
         return replica
 
     async def _tokenize_for_pick(self, model: str, prompt: PromptInput, deadline: float) -> list[int]:
+        """The prompt's ids for the replica scorers: a `token_ids` prompt is its own ids (the worker's Tokenize
+        returns them unchanged, and rejects bad ones - so does the Generate that follows); else Tokenize, cached
+        per (model, prompt), so a retry of the same call does not tokenize again."""
+        if prompt.token_ids is not None and prompt.text is None and prompt.messages is None:
+            return list(prompt.token_ids)
         return await self.tokenize(model, prompt, deadline=deadline)
 
     # -- calls ---------------------------------------------------------------------------------

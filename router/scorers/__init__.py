@@ -81,6 +81,35 @@ class PoolPrefixScorer:
         self.index = AsyncWarmIndex(redis_url, password_env, tls, tls_ca_file, timeout_s=timeout_s,
                                     retry_after_s=retry_after_s, warm_ttl_s=warm_ttl_s) if redis_url else None
 
+    def skip_reason(self, replicas: list[str], request: PickRequest) -> str | None:
+        """Why the prompt's ids (the Tokenize call) and the Redis read cannot change this scorer's scores of
+        `replicas` now, or None when they might. Exact, from `score`'s rule, for the loads in
+        `request.inflight` (the picker checks with no await before the pick, so these are the pick's loads):
+
+        - `no_redis`: no index configured: every score is 0 whatever the prompt;
+        - `load_weight_1`: `load_weight` 1: the balanced score is the load score, as without a match;
+        - `redis_circuit_open`: a recent Redis failure: `prepare` would not read it (no match, load score);
+        - `imbalanced`: the imbalance test holds: the load score, whatever the match;
+        - `no_kv_namespace` (once `kv_namespaces` is known): no candidate publishes a usable namespace, so
+          nothing can match (load score).
+        With a reason, `score` returns exactly what it returns after a read that matched nothing."""
+        if self.index is None:
+            return "no_redis"
+        if self.knobs.load_weight >= 1.0:
+            return "load_weight_1"
+        circuit_open = getattr(self.index, "circuit_open", None)
+        if circuit_open is not None and circuit_open():
+            return "redis_circuit_open"
+        load = [max(0, int(request.inflight.get(r, 0))) for r in replicas]
+        if load:
+            lo, hi = min(load), max(load)
+            if hi - lo > self.knobs.balance_abs_threshold and hi > self.knobs.balance_rel_threshold * lo:
+                return "imbalanced"
+        spaces = request.extra.get("kv_namespaces")
+        if spaces is not None and not any(_usable(spaces.get(r)) for r in replicas):
+            return "no_kv_namespace"
+        return None
+
     async def prepare(self, request: PickRequest) -> None:
         """Store `prefix_match` (address -> warm fraction of the prompt's blocks) in `request.extra`, or nothing."""
         from workers.kv.keys import Namespace, block_hashes
@@ -91,7 +120,7 @@ class PoolPrefixScorer:
         spaces: dict[str, object] = request.extra.get("kv_namespaces", {})
         by_ns: dict[Namespace, list[str]] = {}
         for address, pb_ns in spaces.items():
-            if pb_ns is None or not pb_ns.block_size or not pb_ns.model_id:
+            if not _usable(pb_ns):
                 continue
             ns = Namespace(model_id=pb_ns.model_id, dtype=pb_ns.dtype, block_size=pb_ns.block_size,
                            layout=pb_ns.layout, version=pb_ns.version)
@@ -112,9 +141,18 @@ class PoolPrefixScorer:
     def score(self, replicas: list[str], request: PickRequest) -> dict[str, float]:
         from router.scorers.prefix import affinity_scores
 
-        if self.index is None or request.prompt_ids is None:
+        if self.index is None:
             return {r: 0.0 for r in replicas}
+        if request.prompt_ids is None:
+            if not request.extra.get("prompt_ids_skipped"):
+                return {r: 0.0 for r in replicas}  # a call without a prompt (Tokenize, HiddenState, Info)
+            return affinity_scores(replicas, None, request.inflight, self.knobs)  # = a read that matched nothing
         return affinity_scores(replicas, request.extra.get("prefix_match"), request.inflight, self.knobs)
+
+
+def _usable(pb_ns: object) -> bool:
+    """A published KvNamespace the prompt can be hashed in (None: the replica has no shared cache)."""
+    return pb_ns is not None and bool(pb_ns.block_size) and bool(pb_ns.model_id)
 
 
 def build_scorer(name: str, params: dict) -> ReplicaScorer:

@@ -136,6 +136,10 @@ class AsyncWarmIndex:
             self._loop = loop
         return self._client
 
+    def circuit_open(self) -> bool:
+        """True while a recent failure keeps Redis skipped (`longest_warm_prefix` answers None without reading)."""
+        return self._clock() < self._open_until
+
     async def longest_warm_prefix(self, ns: Namespace, hashes: Sequence[BlockHash]) -> dict[str, int] | None:
         import asyncio
 
@@ -143,7 +147,7 @@ class AsyncWarmIndex:
 
         if not hashes:
             return {}
-        if self._clock() < self._open_until:
+        if self.circuit_open():
             return None
         try:
             client = self._redis()
