@@ -16,16 +16,24 @@ Ray's own `upscale_delay_s` / `downscale_delay_s` come on top of the policy's de
 `pool_autoscaling_config` does) so that scale-up follows the plan mix at once and scale-down is held by the
 policy's `downscale_delay_s` only. The pool's bounds are Ray's (`capacity_adjusted_min/max_replicas`).
 
-What a deployment-level policy cannot see: other deployments. A pool deployment in its own application gets the
-plan-mix demand only if its replicas push `DEMAND` themselves; otherwise it scales on its queue, KV-cache usage
-and TTFT (its decision's `by_signal` shows `demand: 0`). The router's demand reaches a pool through `AppPolicy`
-when both are deployments of one application.
+A deployment-level policy sees only its own deployment, so the router's demand has to reach a pool deployment in
+its own application (router/ray_pools.py: `thinkroute-pool-<pool>`) through the pool's replicas:
+
+    router replicas --every PUBLISH_INTERVAL_S--> DemandBoard (named Ray actor; sums the replicas' fresh reports)
+    pool replica.record_autoscaling_stats() = pool_stats(pool, load): load_stats + DEMAND read from the board
+
+`start_demand_publisher` runs in every router replica when some pool is Ray-hosted with `ray.autoscaling`.
+Without a board (no such pool, or the router outside Ray) a pool scales on its queue, KV-cache usage and TTFT
+(its decision's `by_signal` shows `demand: 0`). Within one application, `AppPolicy` reads the router
+deployment's own pushed `router_stats` instead.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from typing import Any, Iterable, Mapping
 
 from router.autoscale import Autoscaler, Decision, PoolObservation, PoolTarget, pool_target
@@ -49,6 +57,10 @@ APP_POLICY = "router.ray_autoscaling:AppPolicy"
 #: Application-name prefix of Ray-hosted pools (`thinkroute-pool-<pool>`), from which a policy reads its pool name.
 POOL_APP_PREFIX = "thinkroute-pool-"
 DEFAULT_MAX_CONCURRENCY = 32
+#: The DemandBoard actor's name and namespace (Serve replicas run in "serve").
+DEMAND_BOARD, BOARD_NAMESPACE = "thinkroute-demand-board", "serve"
+#: Seconds between a router replica's demand reports; a report older than 3 x this no longer counts.
+PUBLISH_INTERVAL_S = 2.0
 
 
 # -- what replicas push ------------------------------------------------------------------------------
@@ -73,6 +85,97 @@ def router_stats(mix, pools: Iterable[str], latencies_ms: Mapping[str, Iterable[
         if xs:
             out[f"{LATENCY_P95_MS}:{pool}"] = float(xs[min(len(xs) - 1, int(0.95 * len(xs)))])
     return out
+
+
+async def pool_stats(pool: str, load) -> dict[str, float]:
+    """`record_autoscaling_stats()` of a Ray-hosted pool replica: `load_stats(load)` plus the router's predicted
+    demand for `pool` from the DemandBoard (absent when there is no board)."""
+    out = load_stats(load)
+    demand = await read_demand(pool)
+    if demand is not None:
+        out[DEMAND] = demand
+    return out
+
+
+# -- the router's demand, across applications --------------------------------------------------------
+class DemandBoard:
+    """Predicted tokens/s per pool of every router replica, summed over the replicas whose last report is
+    fresh. Runs as the named Ray actor DEMAND_BOARD (created by the first router replica that reports)."""
+
+    def __init__(self) -> None:
+        self._reports: dict[str, tuple[float, dict[str, float]]] = {}
+
+    def report(self, replica: str, demand: dict[str, float], ttl_s: float) -> None:
+        self._reports[replica] = (time.monotonic() + ttl_s, {p: float(v) for p, v in demand.items()})
+
+    def demand(self) -> dict[str, float]:
+        now = time.monotonic()
+        self._reports = {r: v for r, v in self._reports.items() if v[0] >= now}
+        out: dict[str, float] = {}
+        for _, per_pool in self._reports.values():
+            for pool, v in per_pool.items():
+                out[pool] = out.get(pool, 0.0) + v
+        return out
+
+
+def _board(create: bool):
+    import ray
+
+    if create:
+        return ray.remote(DemandBoard).options(name=DEMAND_BOARD, namespace=BOARD_NAMESPACE, get_if_exists=True,
+                                               num_cpus=0, max_restarts=-1).remote()
+    return ray.get_actor(DEMAND_BOARD, namespace=BOARD_NAMESPACE)
+
+
+_reader = None
+
+
+async def read_demand(pool: str, timeout_s: float = 2.0) -> float | None:
+    """The routers' summed demand for `pool` (tokens/s) from the DemandBoard; None when there is none."""
+    global _reader
+    try:
+        if _reader is None:
+            _reader = await asyncio.to_thread(_board, False)
+        return float((await asyncio.wait_for(_reader.demand.remote(), timeout_s)).get(pool, 0.0))
+    except Exception:  # noqa: BLE001 - no board (yet), or it died: no demand this round
+        _reader = None
+        return None
+
+
+def autoscaled_pools(config) -> list[str]:
+    """Pools that are Ray-hosted with Serve autoscaling on (`hosting: ray`, `ray.autoscaling: true`)."""
+    return [n for n, p in config.models.items()
+            if getattr(p, "hosting", "local") == "ray" and getattr(getattr(p, "ray", None), "autoscaling", False)]
+
+
+def start_demand_publisher(mix, config, replica: str | None = None,
+                           interval_s: float = PUBLISH_INTERVAL_S) -> asyncio.Task | None:
+    """In a router replica (on its event loop): report the plan mix's demand for every pool to the DemandBoard
+    every `interval_s`, for as long as the replica lives. None (nothing started) unless `config` has an
+    autoscaled Ray-hosted pool. `mix`: the replica's PlanMix."""
+    if not autoscaled_pools(config):
+        return None
+    name = replica or uuid.uuid4().hex
+    pools = list(config.models)
+
+    async def run() -> None:
+        board, warned = None, False
+        while True:
+            try:
+                if board is None:
+                    board = await asyncio.to_thread(_board, True)
+                d = mix.demand()
+                await board.report.remote(name, {p: d.get(p, 0.0) for p in pools}, 3 * interval_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep serving; report again next round
+                if not warned:
+                    log.warning("could not report the plan-mix demand to the demand board; retrying", exc_info=True)
+                    warned = True
+                board = None
+            await asyncio.sleep(interval_s)
+
+    return asyncio.get_running_loop().create_task(run())
 
 
 # -- what the policy reads ---------------------------------------------------------------------------

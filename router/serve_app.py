@@ -125,6 +125,10 @@ class RouterIngress:
 
         self.cluster = ClusterService(self.core, self.config, scaler)
         self._scaler_task = asyncio.get_running_loop().create_task(self.cluster.follow()) if scaler is not None else None
+        # Ray-hosted pools autoscaled by Serve read this replica's plan-mix demand (router/ray_autoscaling.py).
+        from router.ray_autoscaling import start_demand_publisher
+
+        self._demand_task = start_demand_publisher(self.core.signals.mix, self.config, getattr(self.core, "replica_id", None))
 
     async def _follow_dials(self) -> None:
         """Long-poll the app's DialState for as long as this replica lives."""
@@ -302,6 +306,16 @@ class RouterIngress:
     def __serve_build_asgi_app__(self):
         """Called by Ray Serve once per replica, after __init__: the HTTP ingress over this replica's core."""
         return build_http_app(self.http)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve custom autoscaling metrics (called only when this deployment has an autoscaling_config): the
+        plan mix's predicted tokens/s and the p95 call latency per pool, which `router.ray_autoscaling:AppPolicy`
+        reads for pool deployments of this application."""
+        from router.ray_autoscaling import router_stats
+
+        pool = self.core.pool
+        return router_stats(self.core.signals.mix, pool.models(),
+                            {m: [x for r in pool.replicas.get(m, []) for x in r.latencies_ms] for m in pool.models()})
 
     async def check_health(self) -> None:
         """Ray Serve health check: the router is healthy while its config loads (workers have their own)."""

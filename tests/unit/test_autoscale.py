@@ -95,3 +95,26 @@ def test_autoscaler_scales_up_at_once_and_down_after_the_delay():
     assert held["p"].desired == 4 and "held" in held["p"].reason
     down = scaler.step(31, {"p": PoolObservation(replicas=4, demand_tokens_per_s=0)}, {"p": 4})
     assert down["p"].desired == 1
+
+
+def test_kv_cache_usage_asks_for_replicas_only_with_a_target():
+    kv = PoolTarget(capacity_tokens_per_s=100.0, max_replicas=6, kv_cache_usage_target=0.6)
+    busy = PoolObservation(replicas=2, kv_cache_usage=0.9)
+    assert desired_replicas(busy, T).reason == "min_replicas"          # no KV target: KV usage is not a signal
+    d = desired_replicas(busy, kv)
+    assert (d.desired, d.reason) == (3, "kv_cache")                    # 2 x 0.9 / 0.6
+    assert "kv_cache" not in desired_replicas(PoolObservation(replicas=2, kv_cache_usage=0.5), kv).by_signal
+    with pytest.raises(ValueError, match="kv_cache_usage_target"):
+        PoolTarget(capacity_tokens_per_s=1, kv_cache_usage_target=1.5)
+
+
+def test_pool_targets_read_the_config_section_per_pool():
+    from router.autoscale import pool_targets
+    from router.config import AutoscaleConfig
+
+    auto = AutoscaleConfig.model_validate({"default": {"capacity_tokens_per_s": 50},
+                                           "pools": {"large": {"capacity_tokens_per_s": 20, "max_replicas": 2,
+                                                               "kv_cache_usage_target": 0.8}}})
+    t = pool_targets(auto, ["small", "large"])
+    assert t["small"].capacity_tokens_per_s == 50 and t["small"].kv_cache_usage_target == 0
+    assert (t["large"].capacity_tokens_per_s, t["large"].max_replicas, t["large"].kv_cache_usage_target) == (20, 2, 0.8)
