@@ -210,9 +210,10 @@ class HostedWorker:
             raise RuntimeError(f"pool {self.pool}: worker {self.replica_id} exited with {self.proc.returncode}")
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Per-replica numbers for Serve's custom autoscaling policy (`ray.autoscaling`), from the worker's
-        Load RPC (router/ray_autoscaling.py `load_stats`: running, waiting, tokens/s, TTFT/ITL p95, KV-cache
-        usage when the engine reports it). {} while the worker does not answer."""
+        """Per-replica numbers for Serve's custom autoscaling policy (`ray.autoscaling`): the worker's Load RPC
+        and the router's predicted demand for the pool (router/ray_autoscaling.py `pool_stats`). {} while the
+        worker does not answer."""
+        from router.ray_autoscaling import pool_stats
         from router.worker_client import WorkerClient
 
         if self._client is None:
@@ -221,19 +222,7 @@ class HostedWorker:
             load = await self._client.load(timeout=2.0)
         except Exception:  # noqa: BLE001 - a worker that does not answer reports nothing this round
             return {}
-        try:
-            from router.ray_autoscaling import load_stats
-        except ImportError:  # the policy's module absent: the same numbers, by name
-            load_stats = None
-        if load_stats is not None:
-            return load_stats(load)
-        out = {"running": float(load.running), "waiting": float(load.queued),
-               "max_concurrency": float(load.max_concurrency),
-               "generated_tokens_per_s": load.generated_tokens_per_s, "prompt_tokens_per_s": load.prompt_tokens_per_s,
-               "ttft_p95_ms": load.ttft_p95_ms, "itl_p95_ms": load.itl_p95_ms}
-        if load.HasField("kv_cache_usage"):
-            out["kv_cache_usage"] = load.kv_cache_usage
-        return out
+        return await pool_stats(self.pool, load)
 
     def __del__(self) -> None:
         """Serve stops the replica: the worker deregisters and drains (SIGTERM), killed after `grace_s`."""
