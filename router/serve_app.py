@@ -307,16 +307,6 @@ class RouterIngress:
         """Called by Ray Serve once per replica, after __init__: the HTTP ingress over this replica's core."""
         return build_http_app(self.http)
 
-    async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Ray Serve custom autoscaling metrics (called only when this deployment has an autoscaling_config): the
-        plan mix's predicted tokens/s and the p95 call latency per pool, which `router.ray_autoscaling:AppPolicy`
-        reads for pool deployments of this application."""
-        from router.ray_autoscaling import router_stats
-
-        pool = self.core.pool
-        return router_stats(self.core.signals.mix, pool.models(),
-                            {m: [x for r in pool.replicas.get(m, []) for x in r.latencies_ms] for m in pool.models()})
-
     async def check_health(self) -> None:
         """Ray Serve health check: the router is healthy while its config loads (workers have their own)."""
 

@@ -12,11 +12,7 @@ pytest.importorskip("ray.serve")
 
 from ray.serve._private.autoscaling_state import _resolve_policy_callable  # noqa: E402
 from ray.serve._private.common import DeploymentID, ReplicaID  # noqa: E402
-from ray.serve.autoscaling_policy import (  # noqa: E402
-    _apply_app_level_autoscaling_config,
-    _apply_autoscaling_config,
-    replica_queue_length_autoscaling_policy,
-)
+from ray.serve.autoscaling_policy import _apply_autoscaling_config, replica_queue_length_autoscaling_policy  # noqa: E402
 from ray.serve.config import AutoscalingConfig, AutoscalingContext, AutoscalingPolicy  # noqa: E402
 
 from router import ray_autoscaling as ra  # noqa: E402
@@ -52,11 +48,10 @@ def ctx(name: str, replicas: int, metrics: dict[str, list[float]] | None = None,
         config=config or AutoscalingConfig(min_replicas=lo, max_replicas=hi, upscale_delay_s=0, downscale_delay_s=0))
 
 
-def as_ray_runs_it(function: str, kwargs: dict, app_level: bool = False):
+def as_ray_runs_it(function: str, kwargs: dict):
     """The policy as the Serve controller builds it: serialised, resolved (class -> instance), wrapped."""
     policy = AutoscalingPolicy(policy_function=function, policy_kwargs=kwargs)
-    wrap = _apply_app_level_autoscaling_config if app_level else _apply_autoscaling_config
-    return wrap(_resolve_policy_callable(policy))
+    return _apply_autoscaling_config(_resolve_policy_callable(policy))
 
 
 def test_load_stats_turn_a_worker_load_report_into_ray_metrics():
@@ -76,20 +71,9 @@ def test_observation_reads_pushed_metrics_and_falls_back_to_rays_counts():
     obs = ra.observation(c)
     assert (obs.replicas, obs.running, obs.waiting, obs.max_concurrency) == (2, 10, 6, 8)  # + 2 held at handles
     assert obs.kv_cache_usage == pytest.approx(0.6) and obs.ttft_p95_ms == 2500.0 and obs.demand_tokens_per_s == 0
+    assert ra.observation(ctx("large", 2, {ra.DEMAND: [84.0, 86.0]})).demand_tokens_per_s == 85.0  # pool-wide, not summed
     plain = ra.observation(ctx("large", 2, total=9, queued=4))  # a deployment that pushes nothing of its own
     assert (plain.running, plain.waiting, plain.max_concurrency) == (5, 4, ra.DEFAULT_MAX_CONCURRENCY)
-
-
-def test_router_stats_report_every_pool_and_the_router_view_sums_replicas():
-    clock = Clock()
-    mix = PlanMix({"reasoner": {"large": 100}}, window_s=10, clock=clock)
-    for _ in range(5):
-        mix.observe_plan("reasoner", ["large"])
-    stats = ra.router_stats(mix, ["small", "large"], {"large": [float(x) for x in range(1, 101)], "small": []})
-    assert stats == {f"{ra.DEMAND}:small": 0.0, f"{ra.DEMAND}:large": 50.0, f"{ra.LATENCY_P95_MS}:large": 96.0}
-    router = ctx("router", 2, {f"{ra.DEMAND}:large": [50.0, 30.0], f"{ra.LATENCY_P95_MS}:large": [96.0, 120.0]})
-    assert ra.router_view(router) == ({"large": 80.0}, {"large": 120.0})
-    assert ra.router_view(None) == ({}, {})
 
 
 def test_pool_policy_scales_up_on_a_dial_change_before_any_queue_grows():
@@ -141,21 +125,6 @@ def test_pool_policy_signals_and_bounds(metrics, lo, hi, want, reason):
     # through Ray's wrapper the same number comes back (delays 0, scaling factor 1), and Ray's bounds hold
     wrapped = as_ray_runs_it(ra.POOL_POLICY, {"pool": "large", "autoscale": AUTOSCALE})
     assert wrapped(ctx("large", 2, metrics, lo=lo, hi=hi))[0] == want
-
-
-def test_app_policy_couples_the_routers_demand_to_its_pools_and_leaves_the_router_to_ray():
-    policy = as_ray_runs_it(ra.APP_POLICY, {"router": "router", "pools": {"pool-large": "large", "pool-small": "small"},
-                                            "autoscale": AUTOSCALE}, app_level=True)
-    router = ctx("router", 2, {f"{ra.DEMAND}:large": [100.0, 68.0], f"{ra.DEMAND}:small": [10.0, 10.0]},
-                 total=9.0, lo=1, hi=8)
-    large = ctx("pool-large", 1, {ra.RUNNING: [0], ra.WAITING: [0]})
-    small = ctx("pool-small", 1, {ra.RUNNING: [0], ra.WAITING: [0]})
-    decisions, states = policy({c.deployment_id: c for c in (router, large, small)})
-    assert decisions[large.deployment_id] == 4   # 168 tokens/s / (60 x 0.7) -> 4, queue empty
-    assert decisions[small.deployment_id] == 1
-    assert decisions[router.deployment_id] == 5  # Ray's default: 2 replicas x 9 ongoing / (2 x target 2) -> 4.5
-    assert replica_queue_length_autoscaling_policy(router)[0] == pytest.approx(4.5)
-    assert states[large.deployment_id]["thinkroute"]["by_signal"]["demand"] == 4
 
 
 def test_pool_autoscaling_config_is_a_valid_ray_config_whose_policy_resolves():
@@ -215,3 +184,28 @@ def test_pool_stats_add_the_boards_demand(monkeypatch):
     assert stats[ra.DEMAND] == 84.0 and stats[ra.RUNNING] == 1.0
     policy = ra.PoolPolicy(pool="large", autoscale=AUTOSCALE)
     assert policy(ctx("worker", 1, {k: [v] for k, v in stats.items()}, app="thinkroute-pool-large"))[0] == 2  # 84 / 42
+
+
+def test_the_publisher_reports_every_pools_demand_to_the_board(monkeypatch):
+    import asyncio
+    from types import SimpleNamespace as NS
+
+    board = ra.DemandBoard()
+
+    async def remote(*args):
+        board.report(*args)
+
+    handle = NS(report=NS(remote=remote))
+    monkeypatch.setattr(ra, "_board", lambda create: handle)
+    mix = PlanMix({"reasoner": {"large": 100}}, window_s=10)
+    for _ in range(5):
+        mix.observe_plan("reasoner", ["large"])
+    cfg = NS(models={"small": NS(hosting="local"), "large": NS(hosting="ray", ray=NS(autoscaling=True))})
+
+    async def run():
+        task = ra.start_demand_publisher(mix, cfg, "router-1", interval_s=0.01)
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    asyncio.run(run())
+    assert board.demand() == {"small": 0.0, "large": 50.0}
