@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -24,6 +24,15 @@ class ModelCallRecord:
     time_to_first_token_ms: float = 0.0
     finish_reason: str = ""
     attempts: int = 1
+
+
+#: ModelCallRecord's field names, in order: `call_dict` copies them (every value is a str, int or float).
+_CALL_FIELDS = tuple(f.name for f in fields(ModelCallRecord))
+
+
+def call_dict(c: ModelCallRecord) -> dict[str, Any]:
+    """`dataclasses.asdict(c)` without its recursive deep copy (the fields are scalars, so the result is equal)."""
+    return {name: getattr(c, name) for name in _CALL_FIELDS}
 
 
 @dataclass
@@ -58,7 +67,7 @@ class Trace:
     def to_dict(self) -> dict[str, Any]:
         return {
             "plan": self.plan,
-            "calls": [asdict(c) for c in self.calls],
+            "calls": [call_dict(c) for c in self.calls],
             "usage": self.usage(),
             "stage_ms": dict(self.stage_ms),
             "details": self.details,
