@@ -1,8 +1,8 @@
 """The Ray Serve application: the router deployment, its two ingresses, and the app's dial state.
 
 `build_app(config, addresses)` returns the Application; `thinkroute serve` runs it with
-Ray Serve's gRPC proxy (`grpc_servicer_functions` = the Router servicer) so clients call
-`thinkroute.v1.Router/Generate` on `serve.grpc_port`, and with Ray Serve's HTTP proxy on
+Ray Serve's gRPC proxy (`grpc_servicer_functions` = GRPC_SERVICERS: the Router and Cluster servicers) so
+clients call `thinkroute.v1.Router/Generate` (and autoscalers `thinkroute.v1.Cluster/*`) on `serve.grpc_port`, and with Ray Serve's HTTP proxy on
 `serve.http_port`, where the same deployment serves the OpenAI-compatible API
 (router/http_api.py, built per replica by `__serve_build_asgi_app__`). Both are thin adapters
 over the replica's one `RouterCore`: wire format -> Caller + RouteQuery -> core.admission.admit
@@ -31,6 +31,7 @@ from ray import serve
 from thinkroute.v1 import router_pb2 as rpb
 
 from router.admission import ADMIN_METADATA, grpc_caller
+from router.cluster_service import CLUSTER_SERVICER
 from router.config import Config
 from router.errors import RateLimited, RoutingError, internal_error
 from router.http_api import OpenAIFrontend, build_http_app
@@ -43,8 +44,8 @@ from router.worker_client import WorkerTls
 log = logging.getLogger("thinkroute.router")
 ROUTER_SERVICER = "thinkroute.v1.router_pb2_grpc.add_RouterServicer_to_server"
 #: Both gRPC services the application serves (Ray Serve's gRPCOptions.grpc_servicer_functions).
-GRPC_SERVICERS = [ROUTER_SERVICER, "thinkroute.v1.cluster_pb2_grpc.add_ClusterServicer_to_server"]
-__all__ = ["ADMIN_METADATA", "ROUTER_SERVICER", "DialState", "RouterIngress", "app_builder", "build_app"]
+GRPC_SERVICERS = [ROUTER_SERVICER, CLUSTER_SERVICER]
+__all__ = ["ADMIN_METADATA", "GRPC_SERVICERS", "ROUTER_SERVICER", "DialState", "RouterIngress", "app_builder", "build_app"]
 #: How long one long-poll of the dial state waits for a change before it is renewed.
 DIAL_WATCH_S = 30.0
 

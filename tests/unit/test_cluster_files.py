@@ -19,6 +19,16 @@ def test_serve_config_names_real_entry_points():
     assert callable(getattr(__import__(module, fromlist=[fn]), fn))
 
 
+def test_serve_configs_list_the_apps_grpc_servicers():
+    """serve_config.yaml and the RayService's serveConfigV2 serve the Cluster service beside the Router, as
+    `thinkroute serve` does (router.serve_app.GRPC_SERVICERS)."""
+    from router.serve_app import GRPC_SERVICERS
+
+    [rs] = [x for x in docs("rayservice.yaml") if x["kind"] == "RayService"]
+    for cfg in (yaml.safe_load((CLUSTER / "serve_config.yaml").read_text()), yaml.safe_load(rs["spec"]["serveConfigV2"])):
+        assert cfg["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICERS
+
+
 def test_cluster_thinkroute_config_is_valid_and_follows_the_worker_registry():
     c = load_config(CLUSTER / "thinkroute-cluster.yaml")
     assert all(p.replicas == 0 for p in c.models.values())
