@@ -93,7 +93,7 @@ def planner_for(table_dir, **tenant):
     from router.planner import DialStore, Planner
     from router.policy.planning import PlanningPolicy
 
-    over = {"policy.calibration": str(table_dir), "policy.feedback.enabled": False}
+    over = {"policy.calibration": str(table_dir), "policy.feedback.enabled": False, "policy.artifact": None}  # priors
     if tenant:
         over["auth.tenants.acme"] = {"api_key_sha256": "0" * 64, **tenant}
     cfg = load_config(overrides=over)

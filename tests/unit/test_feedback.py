@@ -37,7 +37,7 @@ def make_core(tmp_path=None, store=None):
     from router.service import RouterCore
 
     # Two direct plans (a fake pool answers generate only): the drafter (cheaper, prior 0.05) and the reasoner (0.07).
-    over = {"policy.feedback.store": "memory",
+    over = {"policy.feedback.store": "memory", "policy.artifact": None,  # the priors, not the shipped artifact
             "policy.candidates": {"drafter": {"strategy": "direct", "model": "smollm2-135m"},
                                   "reasoner": {"strategy": "direct", "model": "gemma3-270m"}},
             "policy.priors": {"drafter": {"p_correct": 0.05, "tokens": {"smollm2-135m": 128}},

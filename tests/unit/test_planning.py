@@ -1,4 +1,5 @@
-"""The live planning policy on the embedded config's candidates and priors (pure logic, no workers)."""
+"""The live planning policy on the embedded config's candidates and priors (`policy.artifact: null`: the shipped
+artifact is replaced by the priors it falls back to; pure logic, no workers)."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ from router.types import RouteQuery
 
 @pytest.fixture(scope="module")
 def planner():
-    cfg = load_config()
+    cfg = load_config(overrides={"policy.artifact": None})
     return Planner(cfg, DialStore(cfg.dial.default), PlanningPolicy(cfg)), cfg
 
 

@@ -115,4 +115,4 @@ def test_serve_warms_the_probe_layers_on_the_drafter(artifact):
     cfg = load_config(overrides={"policy.artifact": artifact})
     assert warm_hidden_states(cfg) == ("smollm2-135m", {"hidden_state_warm_layers": [2],
                                                          "hidden_state_warm_uncertainty": False})
-    assert warm_hidden_states(load_config()) is None  # priors only: nothing to warm
+    assert warm_hidden_states(load_config(overrides={"policy.artifact": None})) is None  # priors only: nothing to warm

@@ -27,7 +27,7 @@ THINKING = {"start": "<reasoning>", "end": "</reasoning>", "modes": ["off", "on"
 
 
 def _config(candidates=CANDIDATES, priors=PRIORS, thinking=THINKING):
-    return load_config(overrides={"policy.candidates": candidates, "policy.priors": priors,
+    return load_config(overrides={"policy.candidates": candidates, "policy.priors": priors, "policy.artifact": None,
                                   "models.smollm2-135m.thinking": thinking,
                                   "policy.prices": {"smollm2-135m": {"in": 1.0, "out": 5.0}, "gemma3-270m": 0.1}})
 
