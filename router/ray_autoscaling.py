@@ -32,7 +32,8 @@ from typing import Any, Iterable, Mapping
 
 from router.autoscale import Autoscaler, Decision, PoolObservation, PoolTarget, pool_target
 
-log = logging.getLogger("thinkroute.ray_autoscaling")
+# A child of Ray Serve's logger: in the Serve controller, where the policy runs, its lines reach the controller log.
+log = logging.getLogger("ray.serve.thinkroute_autoscaling")
 
 # Metric names pushed by replicas (floats; Ray aggregates each per replica over look_back_period_s).
 RUNNING = "thinkroute_running"
