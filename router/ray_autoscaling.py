@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from router.autoscale import Autoscaler, Decision, PoolObservation, PoolTarget, pool_target
 
