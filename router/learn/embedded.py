@@ -95,6 +95,18 @@ def collect(rows: list[dict], address: str, config, out: Path, concurrency: int 
     return [of.rows[q.text] for q in queries if q.text in of.rows], stats
 
 
+def complete_rows(rows: list[dict], config, out: Path) -> list[dict]:
+    """The rows of `rows` that `out` already holds with every candidate plan (in order)."""
+    if not out.exists():
+        return []
+    from router.collect.outcomes import OutcomeFile
+
+    of = OutcomeFile(out, "question")
+    of.close()
+    plans = set(config.policy.candidates)
+    return [of.rows[r["question"]] for r in rows if plans <= of.done_plans(r["question"])]
+
+
 def start_stack(work: Path) -> tuple[subprocess.Popen, str]:
     """`thinkroute serve` on the embedded default with priors (the plans are fixed per request: no probe needed),
     on free ports, logging to `work/serve.log`; returns the process and the router's gRPC address."""
@@ -164,16 +176,18 @@ def main() -> int:
         outcomes = Path(args.outcomes)
     else:
         (work / "arith.jsonl").write_text("".join(json.dumps({**r, "grader": "first_number"}) + "\n" for r in rows))
-        t0 = time.monotonic()
-        proc, address = start_stack(work)
-        print(f"embedded stack up in {time.monotonic() - t0:.0f} s at {address}", file=sys.stderr)
-        try:
-            got, stats = collect(rows, address, config, work / "outcomes.jsonl", args.concurrency, args.budget_s,
-                                 progress=not args.no_progress)
-        finally:
-            stop_stack(proc)
-        print(f"{len(got)} of {len(rows)} questions complete ({stats.requests} requests, {stats.failed} failed, "
-              f"{stats.not_started} not started) in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        got = complete_rows(rows, config, work / "outcomes.jsonl")
+        if len(got) < len(rows):  # something left to collect: start the stack
+            t0 = time.monotonic()
+            proc, address = start_stack(work)
+            print(f"embedded stack up in {time.monotonic() - t0:.0f} s at {address}", file=sys.stderr)
+            try:
+                got, stats = collect(rows, address, config, work / "outcomes.jsonl", args.concurrency, args.budget_s,
+                                     progress=not args.no_progress)
+            finally:
+                stop_stack(proc)
+            print(f"{len(got)} of {len(rows)} questions complete ({stats.requests} requests, {stats.failed} failed, "
+                  f"{stats.not_started} not started) in {time.monotonic() - t0:.0f} s", file=sys.stderr)
         for plan in config.policy.candidates:
             acc = sum(r[plan]["is_correct"] for r in got) / max(1, len(got))
             print(f"{plan:12s} accuracy {100 * acc:.1f}% on {len(got)} questions", file=sys.stderr)
