@@ -208,12 +208,15 @@ def latency_phase(clients: dict, sizes: list[int], n: int, deadline: float) -> t
     return lat, texts
 
 
-async def _closed_loop(call: Callable, concurrency: int, window_s: float, drain_s: float) -> dict:
-    """`concurrency` loops, each calling `call()` back to back. Counts requests that finish inside the window;
-    after it no new request starts, and the ones in flight may finish (up to `drain_s`, not counted)."""
+async def _closed_loop(call: Callable, concurrency: int, window_s: float, drain_s: float, ramp_s: float = 0.0) -> dict:
+    """`concurrency` loops, each calling `call()` back to back. The first `ramp_s` seconds are not counted (the
+    loop reaches steady state: at start every client waits for the engine's first batch at once); then counts
+    the requests that finish inside the next `window_s` seconds; after it no new request starts, and the ones
+    in flight may finish (up to `drain_s`, not counted)."""
     ms, tokens, errors = [], [], 0
     t0 = time.perf_counter()
-    end = t0 + window_s
+    start = t0 + ramp_s
+    end = start + window_s
 
     async def loop() -> None:
         nonlocal errors
@@ -226,12 +229,12 @@ async def _closed_loop(call: Callable, concurrency: int, window_s: float, drain_
                 await asyncio.sleep(0.05)
                 continue
             done = time.perf_counter()
-            if done <= end:
+            if start <= done <= end:
                 ms.append((done - t) * 1e3)
                 tokens.append(tok)
 
     tasks = [asyncio.create_task(loop()) for _ in range(concurrency)]
-    await asyncio.wait(tasks, timeout=window_s + drain_s)
+    await asyncio.wait(tasks, timeout=ramp_s + window_s + drain_s)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -254,14 +257,16 @@ async def _with_client(name: str, client, fn):
                         lambda size, prompt: client.astream(stub, size, prompt))
 
 
-def throughput_phase(clients: dict, concurrency: int, max_tokens: int, window_s: float, drain_s: float) -> dict:
+def throughput_phase(clients: dict, concurrency: int, max_tokens: int, window_s: float, drain_s: float,
+                     ramp_s: float = 0.0) -> dict:
     out = {}
     for name, client in clients.items():
         async def run(call, _stream):
-            return await _closed_loop(lambda: call(max_tokens), concurrency, window_s, drain_s)
+            return await _closed_loop(lambda: call(max_tokens), concurrency, window_s, drain_s, ramp_s)
 
         r = asyncio.run(_with_client(name, client, run))
         r["max_tokens"] = max_tokens
+        r["ramp_s"] = ramp_s
         out[name] = r
         _say(f"throughput {name}: {r['requests_per_s']:.2f} req/s, {r['tokens_per_s']:.1f} tok/s "
              f"({r['requests']} req in {window_s:.0f} s, {r['errors']} errors)")
@@ -435,7 +440,7 @@ def run(args) -> dict:
             _say(f"throughput phase: concurrency {args.concurrency}, {args.thr_tokens} tokens, {args.window:.0f} s each")
             try:
                 report["throughput"] = throughput_phase(clients, args.concurrency, args.thr_tokens, args.window,
-                                                        args.drain)
+                                                        args.drain, args.ramp)
             except Exception as e:  # noqa: BLE001 - recorded; the engine phase and the teardown still run
                 report["phase_errors"]["throughput"] = f"{type(e).__name__}: {e}"
                 _say(f"throughput phase failed: {e}")
@@ -486,6 +491,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64, help="closed-loop concurrency of the throughput phase")
     ap.add_argument("--thr-tokens", type=int, default=16, help="max_tokens in the throughput phase")
     ap.add_argument("--window", type=float, default=15.0, help="seconds counted per system in the throughput phase")
+    ap.add_argument("--ramp", type=float, default=10.0, help="seconds of closed loop before the counted window "
+                    "(not counted: at start all clients wait for the first batch at once)")
     ap.add_argument("--drain", type=float, default=30.0, help="seconds allowed for in-flight requests after a window")
     ap.add_argument("--engine-concurrency", type=int, default=32)
     ap.add_argument("--engine-tokens", type=int, default=64)

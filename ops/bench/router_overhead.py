@@ -71,6 +71,14 @@ def router_request(app: str, max_tokens: int) -> rpb.RouteRequest:
     return rpb.RouteRequest(query=QUESTION, model=MODEL, max_tokens=max_tokens)
 
 
+def replay_file(run_dir: Path) -> Path:
+    """A one-question outcome file for `--engine replay`: the bench question, answered by system `bench`."""
+    path = run_dir / "replay_bench.jsonl"
+    path.write_text(json.dumps({"question": QUESTION, "answer": "42",
+                                "bench": {"is_correct": True, "solution": "42 is the answer."}}) + "\n")
+    return path
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -124,7 +132,8 @@ class Started:
                 print(f"  teardown: {e}", file=sys.stderr)
 
 
-def start_ray_stack(started: Started, mode: str, wa: str, wb: str, redis_url: str | None, run_dir: Path):
+def start_ray_stack(started: Started, mode: str, wa: str, wb: str, redis_url: str | None, run_dir: Path,
+                    backend: str = "vllm"):
     from conftest import free_port
 
     from router.config import load_config
@@ -139,7 +148,8 @@ def start_ray_stack(started: Started, mode: str, wa: str, wb: str, redis_url: st
     ready.unlink(missing_ok=True)
     log = open(run_dir / f"ray-{mode}.log", "wb")
     p = subprocess.Popen([sys.executable, str(REPO / "ops" / "bench" / "stack.py"), "--worker-a", wa, "--worker-b", wb,
-                          *(["--redis-url", redis_url] if redis_url else []), "--grpc-port", str(free_port()),
+                          *(["--redis-url", redis_url] if redis_url else []), "--model", MODEL, "--backend", backend,
+                          "--grpc-port", str(free_port()),
                           "--http-port", str(free_port()), "--temp-dir", temp_dir, "--ready-file", str(ready)],
                          env={**os.environ, **choice.env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                          start_new_session=True)
@@ -218,6 +228,10 @@ async def throughput(targets: dict[str, dict], concurrency: int, window_s: float
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=("vllm", "replay"), default="vllm",
+                    help="the workers behind the router: SmolLM2-135M on vLLM (default), or the replay backend "
+                         "(a real thinkroute worker that answers from a one-row outcome file at once: no model "
+                         "time, so the router's added milliseconds are not buried in the engine's variance)")
     ap.add_argument("--n", type=int, default=40, help="latency rounds per size (default 40)")
     ap.add_argument("--sizes", default="1", help="max_tokens of the latency requests, comma-separated (default 1)")
     ap.add_argument("--warmup", type=int, default=3)
@@ -229,11 +243,14 @@ def main() -> int:
     ap.add_argument("--lock", default="/tmp/thinkroute-heavy.lock", help="lock held for the run ('' = none)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench" / "router_overhead.json"))
     args = ap.parse_args()
+    global MODEL
+    if args.engine == "replay":
+        MODEL = "bench@replay"
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     run_dir = REPO / "runs" / "bench" / "router_overhead" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"command": "python ops/bench/router_overhead.py " + " ".join(sys.argv[1:]), "model": MODEL,
-                    "cpu_count": os.cpu_count(), "modes": modes, "n": args.n}
+                    "engine": args.engine, "cpu_count": os.cpu_count(), "modes": modes, "n": args.n}
     started = Started()
     with heavy_lock(args.lock):
         try:
@@ -250,8 +267,12 @@ def main() -> int:
 def run(args, modes: list[str], run_dir: Path, started: Started) -> dict:
     from conftest import free_port, start_worker
 
-    print("starting two vllm workers and redis ...", file=sys.stderr)
-    ws = [start_worker(MODEL, "vllm", run_dir, "--kv-cache-gib", "1", "--max-num-seqs", "32") for _ in range(2)]
+    print(f"starting two {args.engine} workers and redis ...", file=sys.stderr)
+    if args.engine == "replay":
+        ws = [start_worker(MODEL, "replay", run_dir, "--replay-file", str(replay_file(run_dir)), "--tokens-per-s", "0",
+                           "--ttft-ms", "0") for _ in range(2)]
+    else:
+        ws = [start_worker(MODEL, "vllm", run_dir, "--kv-cache-gib", "1", "--max-num-seqs", "32") for _ in range(2)]
     for w in ws:
         started.procs.append((f"worker {w.address}", w.proc))
     redis_url = None
@@ -267,7 +288,7 @@ def run(args, modes: list[str], run_dir: Path, started: Started) -> dict:
     routers, failures = {}, {}
     for m in modes:  # one Ray cluster at a time: Ray gives its raylet a fixed 30 s to register
         try:
-            p, ready = start_ray_stack(started, m, ws[0].address, ws[1].address, redis_url, run_dir)
+            p, ready = start_ray_stack(started, m, ws[0].address, ws[1].address, redis_url, run_dir, args.engine)
             routers[m] = wait_file(p, ready, f"Ray Serve ({m} ingress)")["grpc"]
         except Exception as e:  # noqa: BLE001 - recorded; the other modes are still measured
             log = run_dir / f"ray-{m}.log"

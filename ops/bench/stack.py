@@ -63,7 +63,8 @@ def start_stack(backend: str, model: str, log_name: str, extra_apps: dict | None
 OVERHEAD_MODEL = "smollm2-135m"
 
 
-def overhead_configs(worker_a: str, worker_b: str, redis_url: str | None):
+def overhead_configs(worker_a: str, worker_b: str, redis_url: str | None, model: str = OVERHEAD_MODEL,
+                     backend: str = "vllm"):
     """The two router configs router_overhead.py compares, for requests that fix the model:
 
     - `fixed`: the lightest config: one worker, no policy, the load scorer only, no Redis;
@@ -74,12 +75,12 @@ def overhead_configs(worker_a: str, worker_b: str, redis_url: str | None):
     """
     from router.config import load_config
 
-    m = OVERHEAD_MODEL
-    fixed = load_config(overrides={"models": {m: {"backend": "vllm", "replicas": 0, "addresses": [worker_a]}},
+    m = model
+    fixed = load_config(overrides={"models": {m: {"backend": backend, "replicas": 0, "addresses": [worker_a]}},
                                    "router.default_model": m, "router.roles": {}, "policy": None,
                                    "redis.enabled": False, "router.scorers": [{"name": "load"}]})
     default = load_config(overrides={
-        "models": {m: {"backend": "vllm", "replicas": 0, "addresses": [worker_a, worker_b]}},
+        "models": {m: {"backend": backend, "replicas": 0, "addresses": [worker_a, worker_b]}},
         "router.roles": {"small": m, "large": m},
         "policy.prices": {m: 0.05},
         "policy.candidates": {"drafter": {"strategy": "direct", "model": m}, "specreason": {"strategy": "specreason"}},
@@ -108,6 +109,8 @@ def serve_overhead_apps() -> int:
     ap.add_argument("--worker-a", required=True)
     ap.add_argument("--worker-b", required=True)
     ap.add_argument("--redis-url", default=None)
+    ap.add_argument("--model", default=OVERHEAD_MODEL, help="the model both workers serve")
+    ap.add_argument("--backend", default="vllm", help="the workers' backend (vllm or replay)")
     ap.add_argument("--grpc-port", type=int, required=True)
     ap.add_argument("--http-port", type=int, required=True)
     ap.add_argument("--temp-dir", required=True)
@@ -130,7 +133,7 @@ def serve_overhead_apps() -> int:
         async def Generate(self, request, grpc_context=None):
             return rpb.RouteResponse(text="", request_id=request.request_id)
 
-    fixed, default = overhead_configs(args.worker_a, args.worker_b, args.redis_url)
+    fixed, default = overhead_configs(args.worker_a, args.worker_b, args.redis_url, args.model, args.backend)
     try:
         for attempt in range(3):  # Ray gives its raylet a fixed 30 s to register: short on a loaded 2-core host
             try:
@@ -146,8 +149,8 @@ def serve_overhead_apps() -> int:
                     grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[ROUTER_SERVICER]))
         serve.run(serve.deployment(EchoRouter, name="echo", ray_actor_options={"num_cpus": 0}).bind(),
                   name="echo", route_prefix="/echo")
-        serve.run(build_app(fixed, {OVERHEAD_MODEL: [args.worker_a]}), name="fixed", route_prefix="/fixed")
-        serve.run(build_app(default, {OVERHEAD_MODEL: [args.worker_a, args.worker_b]}), name="default",
+        serve.run(build_app(fixed, {args.model: [args.worker_a]}), name="fixed", route_prefix="/fixed")
+        serve.run(build_app(default, {args.model: [args.worker_a, args.worker_b]}), name="default",
                   route_prefix="/default")
         Path(args.ready_file).write_text(json.dumps({"grpc": f"127.0.0.1:{args.grpc_port}", "pid": os.getpid()}))
         while not stop["now"]:
