@@ -41,7 +41,7 @@ def start_stack(max_num_seqs: int, max_queue: int):
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     from router.config import load_config
-    from router.serve_app import ROUTER_SERVICER, build_app
+    from router.serve_app import GRPC_SERVICERS, build_app
 
     model = "smollm2-135m"
     print("starting a vllm worker ...", file=sys.stderr, flush=True)
@@ -61,7 +61,7 @@ def start_stack(max_num_seqs: int, max_queue: int):
         print("starting Ray Serve ...", file=sys.stderr, flush=True)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=hport),
-                    grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=[ROUTER_SERVICER]))
+                    grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=GRPC_SERVICERS))
         serve.run(build_app(config, {model: [w.address]}), name="thinkroute", route_prefix="/")
     except BaseException:
         stop()
