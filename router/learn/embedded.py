@@ -122,6 +122,9 @@ def start_stack(work: Path) -> tuple[subprocess.Popen, str]:
     cfg["serve"] = {**cfg["serve"], "grpc_port": free_port(), "http_port": free_port()}
     cfg["redis"] = {**cfg["redis"], "port": free_port()}
     cfg["run_dir"] = str(work / "serve")
+    # Collection on a busy machine: a worker slow to stream (a 256-token hawkeye step beside other load) is not a
+    # dead one; the defaults (15 s stall, 3 x 2 s health checks) took the drafter out of traffic under load 20.
+    cfg["router"] = {**cfg["router"], "stream_stall_timeout_s": 180, "health_timeout_s": 30, "unhealthy_after": 10}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     log = open(work / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(work / "config.yaml"),
