@@ -46,7 +46,7 @@ def main() -> int:
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     from router.config import load_config
-    from router.serve_app import ROUTER_SERVICER, build_app
+    from router.serve_app import GRPC_SERVICERS, build_app
 
     config = load_config(overrides={
         "models": {args.model: {"backend": "vllm", "replicas": 0, "addresses": [args.worker]}},
@@ -65,7 +65,7 @@ def main() -> int:
                 print(f"Ray start timed out (attempt {attempt + 1}); retrying", flush=True)
                 ray.shutdown()
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=args.http_port),
-                    grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[ROUTER_SERVICER]))
+                    grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=list(GRPC_SERVICERS)))
         serve.run(build_app(config, {args.model: [args.worker]}), name="thinkroute", route_prefix="/")
         Path(args.ready_file).write_text(json.dumps({
             "http": f"http://127.0.0.1:{args.http_port}", "grpc": f"127.0.0.1:{args.grpc_port}", "mode": mode,

@@ -30,7 +30,7 @@ def start_stack(backend: str, model: str, log_name: str, extra_apps: dict | None
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     from router.config import load_config
-    from router.serve_app import ROUTER_SERVICER, build_app
+    from router.serve_app import GRPC_SERVICERS, build_app
 
     print(f"starting a {backend} worker for {model} ...", file=sys.stderr)
     w = start_worker(model, backend, REPO / "runs" / "bench" / log_name).wait_ready()
@@ -48,7 +48,7 @@ def start_stack(backend: str, model: str, log_name: str, extra_apps: dict | None
         print("starting Ray Serve ...", file=sys.stderr)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=hport),
-                    grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=[ROUTER_SERVICER]))
+                    grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=list(GRPC_SERVICERS)))
         serve.run(build_app(config, {model: [w.address]}), name="thinkroute", route_prefix="/")
         for name, app in (extra_apps or {}).items():
             serve.run(app, name=name, route_prefix=f"/{name}")
@@ -124,7 +124,7 @@ def serve_overhead_apps() -> int:
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
-    from router.serve_app import ROUTER_SERVICER, build_app
+    from router.serve_app import GRPC_SERVICERS, build_app
     from thinkroute.v1 import router_pb2 as rpb
 
     class EchoRouter:
@@ -146,7 +146,7 @@ def serve_overhead_apps() -> int:
                 print(f"Ray start timed out (attempt {attempt + 1}); retrying", flush=True)
                 ray.shutdown()
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=args.http_port),
-                    grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[ROUTER_SERVICER]))
+                    grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=list(GRPC_SERVICERS)))
         serve.run(serve.deployment(EchoRouter, name="echo", ray_actor_options={"num_cpus": 0}).bind(),
                   name="echo", route_prefix="/echo")
         serve.run(build_app(fixed, {args.model: [args.worker_a]}), name="fixed", route_prefix="/fixed")
