@@ -256,16 +256,6 @@ class RouterIngress:
             _set_status(grpc_context, err)
             raise err from None
 
-    async def PoolStats(self, request: rpb.PoolStatsRequest, grpc_context=None) -> rpb.PoolStatsResponse:
-        try:
-            self.core.admission.authenticate(grpc_caller(grpc_context))
-            stats = await self.core.pool.stats()
-            return rpb.PoolStatsResponse(pools=[rpb.PoolStats(**s) for s in stats])
-        except Exception as e:  # noqa: BLE001
-            err = _as_routing_error(e, "PoolStats")
-            _set_status(grpc_context, err)
-            raise err from None
-
     # -- thinkroute.v1.Cluster (router/cluster_service.py) ---------------------------------------------
     async def GetPoolStats(self, request, grpc_context=None):
         try:
