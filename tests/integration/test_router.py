@@ -38,7 +38,9 @@ def router(worker_addresses, victim):
 
     config = load_config(overrides={"models.victim": {"model": "smollm2-135m", "replicas": 0,
                                                       "addresses": [victim.address]},
-                                    "router.request_timeout_s": 120})
+                                    "router.request_timeout_s": 120,
+                                    # the drafter's first HiddenState loads its probe layers: wait for it, not the priors
+                                    "policy.probe_timeout_ms": 120_000})
     grpc_port, http_port = free_port(), free_port()
     os.environ[config.serve.admin_token_env] = ADMIN_TOKEN
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
@@ -154,16 +156,18 @@ def test_pool_stats_report_every_pool(router):
 
 def test_policy_plans_by_the_dial(router):
     """No strategy/model in the request: the policy decides. Dial 0 = the drafter alone; dial 1 = the
-    candidate with the best predicted quality (read from the same config the router runs)."""
+    candidate with the best predicted quality. The embedded default predicts with its shipped probe artifact
+    (router/artifacts/embedded: the drafter's hidden state, so per query), the trace says `probe`."""
     from router.config import load_config
 
     cfg = load_config().policy
-    best = max(cfg.priors, key=lambda n: cfg.priors[n].p_correct)
     cheap = router.Generate(rpb.RouteRequest(query="What is 2 + 3?", max_tokens=4, dial=0.0), metadata=MD, timeout=300)
     assert cheap.trace.plan.strategy == "direct" and dict(cheap.trace.plan.models) == {"model": "smollm2-135m"}
     assert cheap.trace.plan.reason.startswith("policy: ")
     ranked = cheap.trace.plan.candidates["ranked"]
     assert len(ranked) == len(cfg.candidates) and ranked[0]["plan"] == "drafter"
+    assert cheap.trace.plan.candidates["predictions"]["kind"] == ("probe" if cfg.artifact else "priors")
     top = router.Generate(rpb.RouteRequest(query="What is 2 + 3?", max_tokens=4, dial=1.0), metadata=MD, timeout=300)
-    assert top.trace.plan.candidates["ranked"][0]["plan"] == best
-    assert top.trace.plan.candidates["ranked"][0]["p_correct"] == max(r["p_correct"] for r in ranked)
+    top_ranked = top.trace.plan.candidates["ranked"]
+    assert top_ranked[0]["p_correct"] == max(r["p_correct"] for r in top_ranked)  # dial 1: the best predicted
+    assert top.trace.plan.reason.startswith(f"policy: {top_ranked[0]['plan']} has the highest utility")
