@@ -191,6 +191,8 @@ def main() -> int:
                 stop_stack(proc)
             print(f"{len(got)} of {len(rows)} questions complete ({stats.requests} requests, {stats.failed} failed, "
                   f"{stats.not_started} not started) in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+            for plan, code, msg in stats.errors:
+                print(f"  failed: plan {plan}: {code}: {msg[:300]}", file=sys.stderr)
         for plan in config.policy.candidates:
             acc = sum(r[plan]["is_correct"] for r in got) / max(1, len(got))
             print(f"{plan:12s} accuracy {100 * acc:.1f}% on {len(got)} questions", file=sys.stderr)
