@@ -48,6 +48,7 @@ class Caller:
                    prompt: PromptInput | None = None, extra: dict | None = None) -> T:
         """Run `fn(replica, timeout, attempt)` on picked replicas until it succeeds or retrying is unsafe."""
         self.replicas.ensure_running()
+        await self.replicas.first_registry_read()
         tried: set[str] = set()
         last_error: grpc.aio.AioRpcError | None = None
         for attempt in range(1, self.max_attempts + 1):

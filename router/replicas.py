@@ -101,6 +101,7 @@ class ReplicaSet:
         self._retired: list[Replica] = []
         self._unknown_pools: set[str] = set()
         self._changed: Callable[[], Awaitable[None]] | None = None
+        self._first_read: asyncio.Task | None = None
 
     # -- membership ------------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -234,6 +235,9 @@ class ReplicaSet:
                             source="registry", registered_as=reg.replica_id)
                 if self.health_interval_s is not None and not await self.probe(r):
                     r.healthy = False  # joins, but gets traffic only after a SERVING answer
+                if any(x.address == reg.address for x in pool):  # a concurrent refresh added it meanwhile
+                    await r.client.close()
+                    continue
                 pool.append(r)
                 log.info("replica %s (%s) joined pool %s from the registry", reg.address, reg.replica_id, model)
         await self._close_retired()
@@ -244,6 +248,20 @@ class ReplicaSet:
             try:
                 await r.client.close()
             except Exception:  # noqa: BLE001 - closing a dead channel
+                pass
+
+    async def first_registry_read(self) -> None:
+        """Wait, once, for the first read of the registry (a router just started has not polled it yet: its pools
+        of registered workers would look empty to the first requests). No-op without discovery or afterwards."""
+        if self.discovery is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._first_read is None:
+            self._first_read = loop.create_task(self.refresh())
+        if not self._first_read.done() and self._first_read.get_loop() is loop:
+            try:
+                await asyncio.shield(self._first_read)
+            except Exception:  # noqa: BLE001 - the discovery loop keeps trying; pick from what is there
                 pass
 
     # -- background loops --------------------------------------------------------------------------

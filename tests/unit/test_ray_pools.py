@@ -127,3 +127,19 @@ def test_pool_scaler_sets_a_hosted_pools_deployment(monkeypatch, tmp_path):
             await policed.set("drafter", 1)
 
     asyncio.run(scenario())
+
+
+async def test_a_fresh_router_reads_the_registry_before_its_first_pick():
+    """Hosted pools have no static replicas: a router's first request must not find them empty because the
+    discovery loop has not polled yet (ReplicaSet.first_registry_read, awaited by the Caller)."""
+    from tests.unit.test_replicas import FakeDiscovery, fake_set, reg
+
+    d = FakeDiscovery()
+    d.regs = [reg("drafter", "w1:1")]
+    rs, _ = fake_set({"drafter": []}, discovery=d, health_interval_s=None)
+    assert rs.candidates("drafter") == []
+    await rs.first_registry_read()
+    assert [r.address for r in rs.candidates("drafter")] == ["w1:1"]
+    d.regs = []
+    await rs.first_registry_read()  # once only: later changes are the discovery loop's
+    assert len(rs.pool("drafter")) == 1
