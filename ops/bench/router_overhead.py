@@ -149,6 +149,7 @@ def start_ray_stack(started: Started, mode: str, wa: str, wb: str, redis_url: st
     log = open(run_dir / f"ray-{mode}.log", "wb")
     p = subprocess.Popen([sys.executable, str(REPO / "ops" / "bench" / "stack.py"), "--worker-a", wa, "--worker-b", wb,
                           *(["--redis-url", redis_url] if redis_url else []), "--model", MODEL, "--backend", backend,
+                          *(["--replay-file", str(run_dir / "replay_bench.jsonl")] if backend == "replay" else []),
                           "--grpc-port", str(free_port()),
                           "--http-port", str(free_port()), "--temp-dir", temp_dir, "--ready-file", str(ready)],
                          env={**os.environ, **choice.env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,

@@ -64,7 +64,7 @@ OVERHEAD_MODEL = "smollm2-135m"
 
 
 def overhead_configs(worker_a: str, worker_b: str, redis_url: str | None, model: str = OVERHEAD_MODEL,
-                     backend: str = "vllm"):
+                     backend: str = "vllm", replay_file: str | None = None):
     """The two router configs router_overhead.py compares, for requests that fix the model:
 
     - `fixed`: the lightest config: one worker, no policy, the load scorer only, no Redis;
@@ -76,12 +76,16 @@ def overhead_configs(worker_a: str, worker_b: str, redis_url: str | None, model:
     from router.config import load_config
 
     m = model
-    fixed = load_config(overrides={"models": {m: {"backend": backend, "replicas": 0, "addresses": [worker_a]}},
+    pool = {"backend": backend, "replicas": 0}
+    if backend == "replay":  # the config checks the block; the workers themselves were started with it
+        pool["replay"] = {"file": replay_file, "tokens_per_s": 0, "ttft_ms": 0}
+    fixed = load_config(overrides={"models": {m: {**pool, "addresses": [worker_a]}},
                                    "router.default_model": m, "router.roles": {}, "policy": None,
                                    "redis.enabled": False, "router.scorers": [{"name": "load"}]})
     default = load_config(overrides={
-        "models": {m: {"backend": backend, "replicas": 0, "addresses": [worker_a, worker_b]}},
-        "router.roles": {"small": m, "large": m},
+        "models": {m: {**pool, "addresses": [worker_a, worker_b]}},
+        "router.roles": {"small": m, "large": m}, "router.default_model": m,
+        "policy.artifact": None,  # requests fix the model; planning is measured apart (planning_overhead.py)
         "policy.prices": {m: 0.05},
         "policy.candidates": {"drafter": {"strategy": "direct", "model": m}, "specreason": {"strategy": "specreason"}},
         "policy.priors": {"drafter": {"p_correct": 0.05, "tokens": {m: 128}},
@@ -111,6 +115,7 @@ def serve_overhead_apps() -> int:
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--model", default=OVERHEAD_MODEL, help="the model both workers serve")
     ap.add_argument("--backend", default="vllm", help="the workers' backend (vllm or replay)")
+    ap.add_argument("--replay-file", default=None, help="with --backend replay: the workers' outcome file")
     ap.add_argument("--grpc-port", type=int, required=True)
     ap.add_argument("--http-port", type=int, required=True)
     ap.add_argument("--temp-dir", required=True)
@@ -133,7 +138,8 @@ def serve_overhead_apps() -> int:
         async def Generate(self, request, grpc_context=None):
             return rpb.RouteResponse(text="", request_id=request.request_id)
 
-    fixed, default = overhead_configs(args.worker_a, args.worker_b, args.redis_url, args.model, args.backend)
+    fixed, default = overhead_configs(args.worker_a, args.worker_b, args.redis_url, args.model, args.backend,
+                                      args.replay_file)
     try:
         for attempt in range(3):  # Ray gives its raylet a fixed 30 s to register: short on a loaded 2-core host
             try:
