@@ -12,7 +12,10 @@ latency is its TTFT):
                comes from Redis each time (the question tail is computed)
   warm-local   the prefix is in this engine's own vLLM prefix cache (APC)
 
-Prints a table (p50/p95 per mode and ratios) and the connector's counters.
+Prints a table (p50/p95 per mode and ratios) and the connector's counters. With --continuation N (default
+32) every question is also answered once more per mode, untimed, with N greedy tokens under the same cache
+state (local cache reset again for cold and warm-redis), and the three modes' full token sequences are
+compared: a prefix loaded from Redis must give the answer a cold computation gives, not only its first token.
 """
 from __future__ import annotations
 
@@ -77,6 +80,8 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=20)
     ap.add_argument("--shots", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--continuation", type=int, default=32,
+                    help="greedy tokens of the untimed answer compared across modes (0 = first tokens only)")
     ap.add_argument("--writer", nargs=3, metavar=("MODEL_DIR", "REDIS_URL", "PROMPT_FILE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.writer:
@@ -91,6 +96,7 @@ def main() -> None:
 
     model_dir = str(materialize(resolve_model("smollm2-135m")))
     sp = SamplingParams(max_tokens=1, temperature=0)
+    sp_cont = SamplingParams(max_tokens=max(1, a.continuation), temperature=0, ignore_eos=True)
     with tempfile.TemporaryDirectory() as tmp, RedisServer(free_port(), tmp, maxmemory_bytes=1 << 30) as rs:
         llm = engine(model_dir, rs.url, "bench-reader")
         sched, worker = INSTANCES["scheduler"], INSTANCES["worker"]
@@ -105,6 +111,16 @@ def main() -> None:
         run(prefix[:200] + qs[0])  # warm up the engine (first-call allocations)
         res: dict[str, list[float]] = {"cold": [], "warm-redis": [], "warm-local": []}
         toks: dict[str, list[int]] = {k: [] for k in res}
+        conts: dict[str, list[list[int]]] = {k: [] for k in res}
+
+        def continuation(ids: list[int], mode: str, reset: bool) -> None:
+            """The untimed N-token greedy answer under the mode's cache state."""
+            if not a.continuation:
+                return
+            if reset:
+                llm.reset_prefix_cache()
+            out = llm.generate([{"prompt_token_ids": ids}], sp_cont, use_tqdm=False)[0]
+            conts[mode].append(list(out.outputs[0].token_ids))
         # cold
         sched.settings.load = sched.settings.save = False
         for q in qs:
@@ -112,6 +128,7 @@ def main() -> None:
             dt, out = run(prefix + q)
             res["cold"].append(dt)
             toks["cold"].append(out.outputs[0].token_ids[0])
+            continuation(prefix + q, "cold", reset=True)
         sched.settings.load = sched.settings.save = True
         # another engine process computes the prefix (with a question nobody else uses)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -130,6 +147,7 @@ def main() -> None:
             res["warm-redis"].append(dt)
             toks["warm-redis"].append(out.outputs[0].token_ids[0])
             remote_tokens.append(out.kv_transfer_params["remote_cached_prompt_tokens"])
+            continuation(prefix + q, "warm-redis", reset=True)
         worker.flush(60)
         load_blocks = worker.cstats.loaded_blocks - load0[0]
         load_s = worker.cstats.load_seconds - load0[1]
@@ -140,6 +158,7 @@ def main() -> None:
             res["warm-local"].append(dt)
             toks["warm-local"].append(out.outputs[0].token_ids[0])
             local_tokens.append(out.num_cached_tokens - out.kv_transfer_params["remote_cached_prompt_tokens"])
+            continuation(prefix + q, "warm-local", reset=False)
         mem = rs.client().info("memory")["used_memory"]
         # Would compression help? zlib level 1 on one real stored block.
         import zlib
@@ -162,6 +181,11 @@ def main() -> None:
     for k in res:
         print(f"{k:<12}{p50[k]:>9.3f}{p95[k]:>9.3f}{p50['cold'] / p50[k]:>10.1f}x")
     print(f"first tokens identical across modes: {toks['cold'] == toks['warm-redis'] == toks['warm-local']}")
+    same_cont = None
+    if a.continuation:
+        same = [c == r == w for c, r, w in zip(conts["cold"], conts["warm-redis"], conts["warm-local"])]
+        same_cont = all(same)
+        print(f"{a.continuation}-token greedy answers identical across modes: {sum(same)}/{len(same)} questions")
     print(f"remote_cached_prompt_tokens per warm-redis request: {sorted(set(remote_tokens))}; "
           f"local cached per warm-local request: {sorted(set(local_tokens))}")
     print(f"Redis load inside the worker: {load_blocks} blocks in {load_s:.2f} s "
@@ -173,7 +197,9 @@ def main() -> None:
     if a.json:
         a.json.write_text(json.dumps({"prefix_tokens": len(prefix), "questions": len(qs), "times": res,
                                       "p50": p50, "p95": p95, "load_blocks": load_blocks, "load_seconds": load_s,
-                                      "identical_first_tokens": toks["cold"] == toks["warm-redis"] == toks["warm-local"]},
+                                      "identical_first_tokens": toks["cold"] == toks["warm-redis"] == toks["warm-local"],
+                                      "continuation_tokens": a.continuation, "identical_continuations": same_cont,
+                                      "continuations": conts},
                                      indent=1))
 
 
