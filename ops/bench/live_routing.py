@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -88,30 +87,16 @@ def write_config(out: Path, artifact: Path) -> Path:
 
 
 def start(config: Path, out: Path, timeout_s: float = 600) -> tuple[subprocess.Popen, str]:
-    ready = out / "ready"
-    ready.unlink(missing_ok=True)
-    log = open(out / "serve.log", "w")
-    env = {**os.environ, "THINKROUTE_ADMIN_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(config), "--ready-file", str(ready)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    t0 = time.monotonic()
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() - t0 > timeout_s:
-            stop(proc)
-            raise SystemExit(f"the stack did not start (see {out / 'serve.log'})")
-        time.sleep(2)
-    print(f"stack up in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    return proc, ready.read_text().strip()
+    """The stack of `config`, with the admin token this benchmark reloads policies with."""
+    from router.serve_process import start_serve
+
+    return start_serve(config, out, timeout_s, env={**os.environ, "THINKROUTE_ADMIN_TOKEN": TOKEN})
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    from router.serve_process import stop_serve
+
+    stop_serve(proc)
 
 
 def send_all(address: str, rows: list[dict], dial: float | None, model: str | None, tag: str, concurrency: int,

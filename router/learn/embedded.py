@@ -115,8 +115,6 @@ def start_stack(work: Path) -> tuple[subprocess.Popen, str]:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import free_port
 
-    ready = work / "ready"
-    ready.unlink(missing_ok=True)
     cfg = yaml.safe_load((REPO / "router/configs/embedded.yaml").read_text())
     cfg["policy"]["artifact"] = None
     cfg["serve"] = {**cfg["serve"], "grpc_port": free_port(), "http_port": free_port()}
@@ -126,29 +124,15 @@ def start_stack(work: Path) -> tuple[subprocess.Popen, str]:
     # dead one; the defaults (15 s stall, 3 x 2 s health checks) took the drafter out of traffic under load 20.
     cfg["router"] = {**cfg["router"], "stream_stall_timeout_s": 180, "health_timeout_s": 30, "unhealthy_after": 10}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    log = open(work / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(work / "config.yaml"),
-                             "--ready-file", str(ready)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    t0 = time.monotonic()
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() - t0 > 900:
-            stop_stack(proc)
-            raise SystemExit(f"the embedded stack did not start (see {work / 'serve.log'})")
-        time.sleep(2)
-    return proc, ready.read_text().strip()
+    from router.serve_process import start_serve
+
+    return start_serve(work / "config.yaml", work, timeout_s=900)
 
 
 def stop_stack(proc: subprocess.Popen) -> None:
-    import signal
+    from router.serve_process import stop_serve
 
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_serve(proc)
 
 
 def main() -> int:
