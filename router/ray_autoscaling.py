@@ -98,8 +98,12 @@ class DemandBoard:
 
 
 def _board(create: bool):
+    """The DemandBoard actor's handle (created when `create`). Raises outside a running Ray: `ray.get_actor` would
+    otherwise start a local Ray cluster in this process as a side effect."""
     import ray
 
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not running in this process: no demand board")
     if create:
         return ray.remote(DemandBoard).options(name=DEMAND_BOARD, namespace=BOARD_NAMESPACE, get_if_exists=True,
                                                num_cpus=0, max_restarts=-1).remote()
