@@ -19,6 +19,7 @@ from router import sessions
 from router.pool import WorkerPool
 from router.scorers import LeastLoadScorer, PoolPrefixScorer
 from router.scorers.session import SessionAffinityScorer, rendezvous_order
+from tests.unit.test_prefix_scorer import warm_prefix_lengths
 from workers.kv.keys import Namespace, block_hashes
 from workers.types import PromptInput, Sampling
 
@@ -44,14 +45,7 @@ class FakeIndex:
         if self.open:
             return None  # like AsyncWarmIndex: no read while the circuit is open
         self.reads += 1
-        out = {}
-        for r, held in self.warm.items():
-            n = 0
-            while n < len(hashes) and n < len(held) and held[n] == hashes[n]:
-                n += 1
-            if n:
-                out[r] = n
-        return out
+        return warm_prefix_lengths(self.warm, hashes)
 
 
 class FakeRpcError(grpc.aio.AioRpcError):

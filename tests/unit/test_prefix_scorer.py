@@ -8,6 +8,19 @@ NS = Namespace(model_id="m", dtype="float32", block_size=4, layout="cpu:blocks-f
 SHARED = list(range(100, 132))  # 8 blocks
 
 
+
+def warm_prefix_lengths(warm: dict[str, list], hashes: list) -> dict[str, int]:
+    """{replica: number of leading blocks of `hashes` it holds}, replicas holding none left out: what a prefix
+    index answers, for the fakes of these tests."""
+    out = {}
+    for r, held in warm.items():
+        n = 0
+        while n < len(hashes) and n < len(held) and held[n] == hashes[n]:
+            n += 1
+        if n:
+            out[r] = n
+    return out
+
 class FakeIndex:
     """Replica -> token prefixes it holds warm; answers like workers.kv.index.PrefixIndex."""
 
@@ -17,14 +30,7 @@ class FakeIndex:
 
     def longest_warm_prefix(self, hashes):
         self.calls += 1
-        out = {}
-        for r, held in self.warm.items():
-            n = 0
-            while n < len(hashes) and n < len(held) and held[n] == hashes[n]:
-                n += 1
-            if n:
-                out[r] = n
-        return out
+        return warm_prefix_lengths(self.warm, hashes)
 
 
 def pick(scores):
